@@ -1,0 +1,165 @@
+"""Reproduce the paper's comparison with 5-fold cross-validation: SimpleCNN vs EfficientNet vs EfficientNet+CBAM.
+
+Same recipe for every model (freeze-then-unfreeze for the pretrained ones, see core/training.py); the shipped
+recipe adds test-time augmentation, measured on the same folds. Resumable: each finished (model, fold) is cached
+as JSON under benchmarks/results/classifier_folds/, and a rerun skips it.
+
+    python benchmarks/bench_classifier.py --dataset hushem --size 128
+    python benchmarks/bench_classifier.py --dataset smids --size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, data_dir, machine_description, md_table, require_data, write_results  # noqa: E402
+
+MODELS = {
+    "simplecnn": dict(arch="simplecnn", cbam=False),
+    "effnet": dict(arch="efficientnet", cbam=False),
+    "effnet_cbam": dict(arch="efficientnet", cbam=True),
+}
+LABELS = {"simplecnn": "SimpleCNN (scratch)", "effnet": "EfficientNet-Lite0", "effnet_cbam": "EfficientNet-Lite0 + CBAM"}
+PAPER = {"hushem": (0.939, 0.948), "smids": (0.902, 0.913)}
+
+
+def dataset_config(name: str) -> dict:
+    """Recipe differences per dataset follow the paper: MixUp + label smoothing on HuSHeM only."""
+    if name == "hushem":
+        return dict(mixup_alpha=0.2, label_smoothing=0.1, batch_size=16)
+    return dict(mixup_alpha=0.0, label_smoothing=0.0, batch_size=32)
+
+
+def load_dataset(root: Path, name: str):
+    from napari_spermmorph.core.datasets import load_class_folders, stratified_folds
+
+    ds = load_class_folders(root / name)
+    if name == "hushem":
+        # published partition (SHMC-Net), restricted to the development images here
+        with open(root / "hushem" / "splits_5fold.csv") as fh:
+            fold_of = {Path(r["file"]).name + "|" + r["label"]: int(r["fold_shmcnet"]) for r in csv.DictReader(fh)}
+        folds = np.array([fold_of[f.name + "|" + f.parent.name] for f in ds.files])
+        folds = folds - folds.min()
+    else:
+        with open(root / "smids" / "manifest.csv") as fh:
+            md5 = {r["label"] + "/" + Path(r["file"]).name: r["pixel_md5"] for r in csv.DictReader(fh)}
+        keys = [md5[f.parent.name + "/" + f.name] for f in ds.files]
+        ids: dict[str, int] = {}
+        groups = np.array([ids.setdefault(k, len(ids)) for k in keys])
+        folds = stratified_folds(ds.labels, 5, seed=0, groups=groups)
+    return ds, folds
+
+
+def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, size: int, seed: int) -> dict:
+    import torch
+
+    from napari_spermmorph.core.evaluation import classification_metrics
+    from napari_spermmorph.core.inference import predict_logits
+    from napari_spermmorph.core.models import ModelSpec
+    from napari_spermmorph.core.training import TrainConfig, train_classifier
+
+    spec = ModelSpec(num_classes=len(class_names), input_size=size, **MODELS[model_key])
+    cfg = TrainConfig(spec=spec, seed=seed, **dataset_config(ds_name))
+    if model_key == "simplecnn":
+        cfg.phase2_epochs, cfg.patience = 40, 8
+    tr = np.flatnonzero(folds != fold)
+    te = np.flatnonzero(folds == fold)
+    t0 = time.perf_counter()
+    res = train_classifier(x[tr], y[tr], cfg)
+    train_s = time.perf_counter() - t0
+    out = {"fold": fold, "model": model_key, "n_train": len(tr), "n_test": len(te), "train_seconds": train_s,
+           "best": res.best, "epochs_run": len(res.history)}
+    device = torch.device("cpu")
+    for tta in (1, 8):
+        t1 = time.perf_counter()
+        probs = predict_logits(res.model, x[te], device, batch_size=64, tta=tta)
+        m = classification_metrics(y[te], probs.argmax(1).numpy(), class_names)
+        m["eval_seconds"] = time.perf_counter() - t1
+        out["plain" if tta == 1 else "tta8"] = m
+    return out
+
+
+def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
+    from napari_spermmorph.core.evaluation import mean_std
+
+    rows, payload = [], {"dataset": ds_name, "input_size": size, "machine": machine_description(), "models": {}}
+    for key in MODELS:
+        runs = [json.loads(p.read_text()) for p in sorted(cache.glob(f"{key}_fold*.json"))]
+        if not runs:
+            continue
+        variants = ["plain", "tta8"] if key != "simplecnn" else ["plain"]
+        for var in variants:
+            accs = [r[var]["accuracy"] for r in runs]
+            f1s = [r[var]["macro_f1"] for r in runs]
+            (am, asd), (fm, fsd) = mean_std(accs), mean_std(f1s)
+            label = LABELS[key] + (" + TTA x8" if var == "tta8" else "")
+            cm = np.sum([r[var]["confusion_matrix"] for r in runs], axis=0).tolist()
+            payload["models"][f"{key}/{var}"] = {
+                "label": label, "folds": len(runs), "accuracy_mean": am, "accuracy_sd": asd, "macro_f1_mean": fm,
+                "macro_f1_sd": fsd, "accuracy_per_fold": accs, "macro_f1_per_fold": f1s, "confusion_matrix": cm,
+                "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
+            }
+            rows.append([label, f"{len(runs)}/5", f"{am * 100:.1f} ± {asd * 100:.1f}", f"{fm:.3f} ± {fsd:.3f}",
+                         f"{np.mean([r['train_seconds'] for r in runs]) / 60:.1f}"])
+    pa, pf = PAPER[ds_name]
+    rows.append([f"paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
+    md = (f"### {ds_name.upper()}, {size} px, 5-fold CV (mean ± SD over folds)\n\n"
+          + md_table(["model", "folds", "accuracy %", "macro-F1", "train min/fold"], rows)
+          + f"\n\nClasses: {', '.join(class_names)}. Machine: {payload['machine']}.\n"
+          + f"Command: `python benchmarks/bench_classifier.py --dataset {ds_name} --size {size}`\n")
+    write_results(f"classifier_{ds_name}_{size}", payload, md)
+    print(md)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=["hushem", "smids"], required=True)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--aggregate-only", action="store_true")
+    args = ap.parse_args(argv)
+    root = data_dir(args.data)
+    require_data(root / args.dataset)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    from napari_spermmorph.core.preprocess import crops_to_tensor
+
+    ds, folds = load_dataset(root, args.dataset)
+    cache = RESULTS / "classifier_folds" / f"{args.dataset}_{args.size}"
+    cache.mkdir(parents=True, exist_ok=True)
+    if not args.aggregate_only:
+        t0 = time.perf_counter()
+        x = crops_to_tensor(ds.load_images(), args.size)
+        y = ds.labels
+        print(f"loaded {len(y)} images in {time.perf_counter() - t0:.0f}s", flush=True)
+        for key in args.models.split(","):
+            for fold in (int(f) for f in args.folds.split(",")):
+                out_path = cache / f"{key}_fold{fold}.json"
+                if out_path.exists():
+                    continue
+                res = run_fold(x, y, folds, fold, key, args.dataset, ds.class_names, args.size, args.seed)
+                tmp = out_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(res, indent=1))
+                tmp.replace(out_path)
+                print(f"{key} fold {fold}: acc {res['plain']['accuracy']:.3f} f1 {res['plain']['macro_f1']:.3f}"
+                      f" tta {res['tta8']['accuracy']:.3f} ({res['train_seconds']:.0f}s)", flush=True)
+                aggregate(args.dataset, args.size, cache, ds.class_names)
+    aggregate(args.dataset, args.size, cache, ds.class_names)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Train a shipped model on all of a dataset's development images and register it in the package.
+
+    python benchmarks/train_shipped.py --dataset hushem
+    python benchmarks/train_shipped.py --dataset smids
+
+The recipe is the one the cross-validation benchmark measured (bench_classifier.py, EfficientNet-Lite0 + CBAM,
+freeze-then-unfreeze); its CV figures, if present, are copied into the model's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, data_dir, require_data  # noqa: E402
+from bench_classifier import MODELS, dataset_config  # noqa: E402
+
+NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
+SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=["hushem", "smids"], required=True)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    root = data_dir(args.data)
+    require_data(root / args.dataset)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    from napari_spermmorph.core.checkpoints import save_checkpoint
+    from napari_spermmorph.core.datasets import load_class_folders
+    from napari_spermmorph.core.models import ModelSpec
+    from napari_spermmorph.core.registry import WEIGHTS_DIR, register
+    from napari_spermmorph.core.training import TrainConfig, checkpoint_meta, train_classifier
+
+    ds = load_class_folders(root / args.dataset)
+    images = ds.load_images()
+    spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS["effnet_cbam"])
+    cfg = TrainConfig(spec=spec, seed=args.seed, **dataset_config(args.dataset))
+    t0 = time.perf_counter()
+
+    def show(u):
+        if type(u).__name__ == "EpochDone":
+            print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f} val f1 {u.val_macro_f1:.3f}", flush=True)
+
+    res = train_classifier(images, ds.labels, cfg, on_update=show)
+    try:
+        from napari_spermmorph.core.crops import estimate_head_fraction
+
+        head_fraction = float(estimate_head_fraction(images[:300]))
+    except ImportError:
+        head_fraction = 0.5
+    cv_file = RESULTS / f"classifier_{args.dataset}_{args.size}.json"
+    cv = json.loads(cv_file.read_text())["models"] if cv_file.exists() else {}
+    name = NAMES[args.dataset]
+    meta = checkpoint_meta(
+        res, ds.class_names, cfg, name=name, label_scheme=SCHEMES[args.dataset], head_fraction=head_fraction,
+        training_data=f"{SCHEMES[args.dataset]} development portion, {len(ds)} images (folders {ds.folder_names})",
+        protocol="all development images; 15% stratified validation split for early stopping",
+        cv_metrics={k: {m: v[m] for m in ("accuracy_mean", "accuracy_sd", "macro_f1_mean", "macro_f1_sd", "folds")}
+                    for k, v in cv.items() if k.startswith("effnet_cbam")},
+        train_seconds=time.perf_counter() - t0,
+    )
+    path = save_checkpoint(WEIGHTS_DIR / f"{name}.safetensors", res.model, meta)
+    entry = register(path, {
+        "name": name, "classes": ds.class_names, "label_scheme": SCHEMES[args.dataset], "backbone": spec.backbone,
+        "cbam": spec.cbam, "input_size": spec.input_size, "head_fraction": head_fraction,
+        "cv_metrics": meta["cv_metrics"], "licence_note": "trained on public research data; see README",
+    })
+    print(json.dumps(entry, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

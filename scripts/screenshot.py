@@ -1,0 +1,74 @@
+"""Save a screenshot of the whole napari window with the sample field and the plugin's dock widgets.
+
+Needs a real (virtual) display and OpenGL, e.g.:
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot.py
+Each widget is added on its own, so the script still works while some widgets are missing or broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = "napari-spermmorph"
+DEFAULT_WIDGETS = ("Segment and crop heads", "Classify and explain", "Results table")
+
+
+def _settle(app, rounds: int = 20) -> None:
+    """Let Qt lay out and paint before grabbing."""
+    for _ in range(rounds):
+        app.processEvents()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images" / "napari-overview.png")
+    parser.add_argument("--sample", default="field", help="sample key of the plugin to open")
+    parser.add_argument(
+        "--widgets", nargs="*", default=list(DEFAULT_WIDGETS), help="dock widget display names"
+    )
+    parser.add_argument("--size", type=int, nargs=2, default=(1500, 950), metavar=("W", "H"))
+    args = parser.parse_args(argv)
+
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen" and not os.environ.get("DISPLAY"):
+        print("no display: run under xvfb-run (offscreen Qt has no OpenGL context)", file=sys.stderr)
+        return 2
+
+    import napari
+    from napari._qt import qt_main_window
+    from qtpy.QtWidgets import QApplication
+
+    # napari shows a PyQt5 deprecation toast over the canvas; napari's test fixture turns it off the same way.
+    qt_main_window.SHOW_QT_WARNING = False
+
+    viewer = napari.Viewer(title="napari-spermmorph", show=True)
+    viewer.window.resize(*args.size)
+    viewer.open_sample(PLUGIN, args.sample)
+
+    added = []
+    for i, name in enumerate(args.widgets):
+        try:
+            viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 0)
+            added.append(name)
+        except Exception as exc:  # a widget that is missing or fails must not stop the screenshot
+            print(f"skipped widget {name!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if added:
+        # Show the first widget's tab, not the last one added.
+        viewer.window.add_plugin_dock_widget(PLUGIN, added[0])
+
+    app = QApplication.instance()
+    _settle(app)
+    viewer.reset_view()
+    _settle(app)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(args.out), canvas_only=False)
+    print(f"wrote {args.out} with widgets {added}")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""napari-spermmorph."""
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""Run a trained classifier on head crops: batched, channels_last, inference mode, optional TTA."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints import CheckpointError, load_checkpoint
+from .models import ModelSpec, SpermClassifierNet, build_model
+from .preprocess import crops_to_tensor, normalise
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; anything else is passed to torch (and validated)."""
+    if str(device) != "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use 'cpu' or 'auto'.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def available_devices() -> list[str]:
+    devs = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devs.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devs.append("mps")
+    return devs
+
+
+def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Up to 8 dihedral views (rotations by 90 degrees, with and without a flip): heads have no up."""
+    views = []
+    for k in range(8):
+        v = torch.rot90(x, k % 4, dims=(2, 3))
+        views.append(torch.flip(v, dims=(3,)) if k >= 4 else v)
+    order = [0, 6, 2, 4, 1, 3, 5, 7]  # spread: identity, flip-rot180-ish, rot180, flip, ...
+    return [views[i] for i in order[: max(1, min(n, 8))]]
+
+
+def predict_logits(model: SpermClassifierNet, x: torch.Tensor, device: torch.device,
+                   batch_size: int = 64, tta: int = 1) -> torch.Tensor:
+    """x: (N, 3, S, S) in [0, 1] on CPU -> averaged softmax probabilities (N, K) (not logits when tta > 1)."""
+    spec = model.spec
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch_size):
+            xb = normalise(x[i : i + batch_size].to(device), spec.mean, spec.std)
+            probs = 0
+            views = tta_views(xb, tta)
+            for v in views:
+                v = v.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    probs = probs + torch.softmax(model(v).float(), dim=1)
+            out.append((probs / len(views)).cpu())
+    return torch.cat(out) if out else torch.empty((0, spec.num_classes))
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+class Classifier:
+    """A loaded model with its metadata: the one object widgets, CLI and scripts use to classify crops."""
+
+    def __init__(self, model: SpermClassifierNet, meta: dict, device: str | torch.device = "auto"):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+        self.meta = meta
+        self.name = meta.get("name", "model")
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: str | torch.device = "auto") -> Classifier:
+        """A shipped model's name or a checkpoint path."""
+        from .registry import resolve
+
+        path = resolve(name_or_path)
+        state, meta = load_checkpoint(path)
+        model = build_model(ModelSpec.from_dict(meta["spec"]), pretrained=False)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the model described in its metadata ({exc}).") from exc
+        meta = dict(meta, path=str(path))
+        meta.setdefault("name", Path(path).stem)
+        return cls(model, meta, device)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.spec.input_size)
+
+    @property
+    def head_fraction(self) -> float:
+        """Head length / crop side of the training crops: field crops are cut to match it."""
+        return float(self.meta.get("head_fraction", 0.5))
+
+    @property
+    def normal_class(self) -> str | None:
+        return next((c for c in self.class_names if c.lower() in ("normal", "normal_sperm")), None)
+
+    def to_tensor(self, crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        return crops_to_tensor(crops, self.input_size)
+
+    def predict_proba(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 32,
+                      tta: int | bool = 1) -> np.ndarray:
+        """(N, K) class probabilities. ``tta``: number of dihedral views averaged (True = 8)."""
+        views = 8 if tta is True else max(1, int(tta))
+        x = self.to_tensor(crops)
+        return predict_logits(self.model, x, self.device, batch_size, views).numpy()

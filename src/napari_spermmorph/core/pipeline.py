@@ -1,0 +1,95 @@
+"""The one path from a field to per-head results: segment -> measure -> crop -> classify -> explain.
+
+Widgets, the CLI's ``analyze`` and the public API all call these two functions, so a head gets the same class
+wherever it is analysed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .crops import HeadCrops, extract_head_crops, paste_to_field
+from .inference import Classifier
+from .morphometry import measure_heads
+from .segmentation import SegmentationParams, segment_heads
+from .summary import uncertain_mask
+
+
+@dataclass
+class FieldResult:
+    labels: np.ndarray  # (H, W) int32 instance labels
+    table: pd.DataFrame  # morphometrics + class, confidence, p_<class>, uncertain
+    crops: HeadCrops
+    probs: np.ndarray  # (N, K), rows in table order
+    heatmap: np.ndarray | None = None  # (H, W) Grad-CAM++ in [0, 1], aligned with the field
+    attention: np.ndarray | None = None  # (H, W) CBAM spatial attention, aligned with the field
+    crop_heatmaps: np.ndarray | None = None  # (N, S, S)
+
+
+def add_class_columns(table: pd.DataFrame, probs: np.ndarray, class_names: list[str],
+                      min_confidence: float = 0.6, max_entropy: float | None = None) -> pd.DataFrame:
+    """class, confidence, one p_<class> column per class and the uncertain flag (a new frame)."""
+    out = table.copy()
+    k = len(class_names)
+    probs = np.asarray(probs, dtype=float).reshape(-1, k)
+    top = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
+    out["class"] = pd.Categorical([class_names[i] for i in top], categories=class_names)
+    out["confidence"] = probs.max(1) if len(probs) else np.zeros(0)
+    for i, name in enumerate(class_names):
+        out[f"p_{name}"] = probs[:, i]
+    out["uncertain"] = uncertain_mask(probs, min_confidence, max_entropy)
+    return out
+
+
+def classify_heads(
+    image: np.ndarray,
+    labels: np.ndarray,
+    classifier: Classifier,
+    pixel_size_um: float | None = None,
+    tta: int = 1,
+    min_confidence: float = 0.6,
+    explain: bool = False,
+    attention: bool = False,
+    target: str | None = None,
+    batch_size: int = 32,
+    should_stop: Callable[[], bool] | None = None,
+) -> FieldResult:
+    """Classify every head of a labels image (from segmentation or painted by hand) in a 2D field."""
+    labels = np.asarray(labels)
+    if labels.shape != np.asarray(image).shape[: labels.ndim] or labels.ndim != 2:
+        raise ValueError(f"The labels layer's shape {labels.shape} does not match the image's spatial shape "
+                         f"{np.asarray(image).shape[:2]}.")
+    table = measure_heads(labels, pixel_size_um)
+    crops = extract_head_crops(image, labels, crop_size=classifier.input_size,
+                               head_fraction=classifier.head_fraction, align=True)
+    order = {int(v): i for i, v in enumerate(crops.label_ids)}
+    table = table[table["label"].isin(list(order))].reset_index(drop=True)
+    idx = np.array([order[int(v)] for v in table["label"]], dtype=int)
+    probs = classifier.predict_proba(crops.images, batch_size=batch_size, tta=tta) if len(crops.images) else \
+        np.zeros((0, len(classifier.class_names)))
+    probs = probs[idx] if len(idx) else probs
+    table = add_class_columns(table, probs, classifier.class_names, min_confidence)
+    result = FieldResult(labels=labels, table=table, crops=crops, probs=probs)
+    if (explain or attention) and len(crops.images) and not (should_stop and should_stop()):
+        from .explain import cbam_attention, gradcam_pp
+
+        field_shape = labels.shape
+        if explain:
+            maps = gradcam_pp(classifier, crops.images, target=target, batch_size=batch_size)
+            result.crop_heatmaps = maps
+            result.heatmap = paste_to_field(maps, crops.transforms, field_shape, labels=labels)
+        if attention and classifier.spec.cbam:
+            att = cbam_attention(classifier, crops.images)
+            result.attention = paste_to_field(att, crops.transforms, field_shape, labels=labels)
+    return result
+
+
+def analyze_field(image: np.ndarray, classifier: Classifier, pixel_size_um: float | None = None,
+                  seg_params: SegmentationParams | None = None, **kwargs) -> FieldResult:
+    """Segment a 2D field, then ``classify_heads``."""
+    labels = segment_heads(image, pixel_size_um, seg_params)
+    return classify_heads(image, labels, classifier, pixel_size_um, **kwargs)
