@@ -111,7 +111,7 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
             rows.append([label, f"{len(runs)}/5", f"{am * 100:.1f} ± {asd * 100:.1f}", f"{fm:.3f} ± {fsd:.3f}",
                          f"{np.mean([r['train_seconds'] for r in runs]) / 60:.1f}"])
     pa, pf = PAPER[ds_name]
-    rows.append([f"paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
+    rows.append(["paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
     md = (f"### {ds_name.upper()}, {size} px, 5-fold CV (mean ± SD over folds)\n\n"
           + md_table(["model", "folds", "accuracy %", "macro-F1", "train min/fold"], rows)
           + f"\n\nClasses: {', '.join(class_names)}. Machine: {payload['machine']}.\n"

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
     from napari._qt import qt_main_window
+    from PIL import Image
     from qtpy.QtWidgets import QApplication
 
     # napari shows a PyQt5 deprecation toast over the canvas; napari's test fixture turns it off the same way.
@@ -48,23 +49,26 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window.resize(*args.size)
     viewer.open_sample(PLUGIN, args.sample)
 
-    added = []
-    for i, name in enumerate(args.widgets):
+    added, docks = [], []
+    for name in args.widgets:
         try:
-            viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 0)
-            added.append(name)
+            dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=bool(added))
         except Exception as exc:  # a widget that is missing or fails must not stop the screenshot
             print(f"skipped widget {name!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
-    if added:
-        # Show the first widget's tab, not the last one added.
-        viewer.window.add_plugin_dock_widget(PLUGIN, added[0])
+            continue
+        added.append(name)
+        docks.append(dock)
+    if docks:
+        docks[0].raise_()  # show the first widget's tab, not the last one added
 
     app = QApplication.instance()
     _settle(app)
     viewer.reset_view()
     _settle(app)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(args.out), canvas_only=False)
+    rgba = viewer.screenshot(canvas_only=False)
+    # Drop the (opaque) alpha channel and optimise: the PNG goes into the repository.
+    Image.fromarray(rgba[..., :3]).save(args.out, optimize=True)
     print(f"wrote {args.out} with widgets {added}")
     viewer.close()
     return 0

@@ -30,7 +30,7 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
         t = state[key].detach().cpu().contiguous()
         h.update(key.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -53,8 +53,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, half: bool =
         path = path.with_suffix(".safetensors")
     state = {}
     for k, v in model.state_dict().items():
-        v = v.detach().cpu().contiguous()
-        state[k] = v.half() if (half and v.is_floating_point()) else v
+        v = v.detach().cpu()
+        v = v.half() if (half and v.is_floating_point()) else v
+        state[k] = v.contiguous(memory_format=torch.contiguous_format)
     meta = dict(meta, format=FORMAT, package_version=__version__, tensors_sha256=tensors_sha256(state))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

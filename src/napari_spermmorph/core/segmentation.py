@@ -51,20 +51,21 @@ class SegmentationParams:
     head_width_um: float = 2.8
     work_pixel_um: float = 0.09  # process at about this pixel size (speed); 0 = full resolution
     threshold: float | None = None
-    threshold_offset: float = 0.0  # added to the automatic threshold (negative = larger heads)
+    threshold_offset: float = -0.1  # added to the automatic threshold (negative = larger heads)
     min_contrast: float = 0.08  # below this stain range the plane is treated as empty
     opening_radius_um: float = 0.75  # > half the midpiece width, < half the head width
     split_touching: bool = True
-    split_h_um: float = 0.25  # h-maxima depth of the distance map that makes a new head seed
-    split_max_solidity: float = 0.9  # only less convex blobs are candidates for splitting
+    split_h_um: float = 0.4  # h-maxima depth of the distance map that makes a new head seed
+    split_max_solidity: float = 0.9  # blobs less convex than this are candidates for splitting ...
+    split_min_area_um2: float = 14.0  # ... and so are blobs larger than this (side-by-side heads)
     split_min_piece_um2: float = 5.0  # a split is kept only if every piece is at least this large
     min_area_um2: float = 3.0
     max_area_um2: float = 25.0
     min_solidity: float = 0.80
     max_ellipticity: float = 3.5
     refine: bool = True  # re-draw each head's boundary at full resolution
-    boundary_level: float | None = None  # refine threshold as a fraction background->stain top; None = detection thr
-    core_level: float = 0.0  # a head must hold >= core_min_um2 of stain above bg + core_level*(top - bg)
+    boundary_level: float | None = 0.25  # refine threshold, fraction background->stain top; None = detection thr
+    core_level: float = 0.7  # a head must hold >= core_min_um2 of stain above bg + core_level*(top - bg)
     core_min_um2: float = 0.5
     exclude_border: bool = False
     max_plane_pixels: int = 40_000_000  # larger planes are segmented in overlapping tiles
@@ -125,10 +126,12 @@ def _open_disk(mask: np.ndarray, r: float) -> np.ndarray:
     return (ndi.distance_transform_edt(~core) <= r) & mask
 
 
-def _split(mask: np.ndarray, h_px: float, max_solidity: float, min_piece_px: float) -> np.ndarray:
+def _split(mask: np.ndarray, h_px: float, max_solidity: float, min_piece_px: float,
+           big_px: float = np.inf) -> np.ndarray:
     """Split touching heads: watershed on the distance map, seeded by its h-maxima.
 
-    Only components that are not convex enough (solidity < max_solidity) are split, and a split is
+    Only components that are not convex enough (solidity < max_solidity) or too big (> big_px)
+    are split, and a split is
     kept only when every piece is at least ``min_piece_px`` pixels, so a single pear-shaped head
     (acrosome + nucleus give two distance maxima) stays whole.
     """
@@ -140,17 +143,23 @@ def _split(mask: np.ndarray, h_px: float, max_solidity: float, min_piece_px: flo
     lab = lab.astype(np.int32)
     nxt = n + 1
     for r in regionprops(lab):
-        if r.solidity >= max_solidity or r.area < 2 * min_piece_px:
+        if (r.solidity >= max_solidity and r.area <= big_px) or r.area < 2 * min_piece_px:
             continue
         sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in r.slice)
         m = lab[sl] == r.label
         dist = ndi.distance_transform_edt(m).astype(np.float32)
-        seeds, nm = ndi.label(h_maxima(dist, max(h_px, 0.5)).astype(bool) & m)
-        if nm < 2:
-            continue
-        ws = watershed(-dist, seeds, mask=m)
-        sizes = np.bincount(ws.ravel())[1:]
-        if sizes.min() < min_piece_px:
+        # an oversize blob must hold several heads: look for shallower necks too
+        hs = (h_px, h_px / 2, h_px / 4) if r.area > big_px else (h_px,)
+        ws = None
+        for hh in hs:
+            seeds, nm = ndi.label(h_maxima(dist, max(hh, 0.5)).astype(bool) & m)
+            if nm < 2:
+                continue
+            cand = watershed(-dist, seeds, mask=m)
+            if np.bincount(cand.ravel())[1:].min() >= min_piece_px:
+                ws = cand
+                break
+        if ws is None:
             continue
         sub = lab[sl]
         for k in range(2, nm + 1):
@@ -200,7 +209,7 @@ def _refine(lab_small: np.ndarray, stain: np.ndarray, thr: float, f: int, r_px: 
         y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, h)
         x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, w)
         obj = up[y0:y1, x0:x1] == i
-        near = ndi.binary_dilation(obj, iterations=f)
+        near = ndi.binary_dilation(obj, iterations=2 * f)
         m = (stain[y0:y1, x0:x1] > thr) & near
         m = ndi.binary_fill_holes(_open_disk(m, r_px) | ndi.binary_erosion(obj, iterations=f))
         lab_m, n = ndi.label(m)
@@ -267,7 +276,8 @@ def _segment_plane(stain: np.ndarray, px: float, p: SegmentationParams, thr: flo
     mask = _open_disk(mask, p.opening_radius_um / wpx)
     mask = ndi.binary_fill_holes(mask)
     if p.split_touching:
-        lab = _split(mask, p.split_h_um / wpx, p.split_max_solidity, p.split_min_piece_um2 / wpx**2)
+        lab = _split(mask, p.split_h_um / wpx, p.split_max_solidity, p.split_min_piece_um2 / wpx**2,
+                     p.split_min_area_um2 / wpx**2)
     else:
         lab = ndi.label(mask)[0].astype(np.int32)
     bg, top = _levels(small)

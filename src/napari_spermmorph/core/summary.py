@@ -37,7 +37,7 @@ def sample_summary(table: pd.DataFrame, class_names: list[str], normal_class: st
                    class_col: str = "class", uncertain_col: str = "uncertain") -> dict:
     """Counts per class, % normal with its 95% Wilson interval, and the WHO 200-head warning."""
     n = int(len(table))
-    counts = {c: int((table[class_col] == c).sum()) for c in class_names} if n else {c: 0 for c in class_names}
+    counts = {c: int((table[class_col] == c).sum()) for c in class_names} if n else dict.fromkeys(class_names, 0)
     out: dict = {"n_heads": n, "counts": counts}
     if normal_class is not None and normal_class in class_names:
         k = counts[normal_class]

@@ -1,0 +1,196 @@
+"""Head crops for the classifier and the inverse warp of per-crop maps back into the field.
+
+Each crop is a similarity transform of the field: centred on the head, optionally rotated so the
+head's major axis is horizontal, and scaled so the head length is ``head_fraction`` of the crop
+side (the same head-to-crop ratio as the model's training crops).  Pixels outside the field are
+filled by reflection, so crops near the border show no black wedges.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .images import as_float_rgb, stain_channel
+
+__all__ = ["CropTransform", "HeadCrops", "extract_head_crops", "paste_to_field", "estimate_head_fraction"]
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """Crop pixel (r, c) -> field (y, x) = centre + scale * R(angle) @ (r - m, c - m), m = (S - 1) / 2.
+
+    ``angle_deg`` is the direction of the crop's +c axis in the field (counter-clockwise as
+    displayed, i.e. y down); ``scale`` is field pixels per crop pixel.
+    """
+
+    center_y: float
+    center_x: float
+    angle_deg: float
+    scale: float
+    crop_size: int
+    label: int = 0
+
+    def _axes(self) -> tuple[np.ndarray, np.ndarray]:
+        a = math.radians(self.angle_deg)
+        e_c = np.array([-math.sin(a), math.cos(a)])  # field (dy, dx) of one crop column step
+        e_r = np.array([e_c[1], -e_c[0]])  # one crop row step: e_c turned so that det = +1
+        return e_r * self.scale, e_c * self.scale
+
+    def crop_to_field(self, rc: np.ndarray) -> np.ndarray:
+        """(..., 2) crop (r, c) coordinates -> (..., 2) field (y, x)."""
+        m = (self.crop_size - 1) / 2
+        er, ec = self._axes()
+        rc = np.asarray(rc, dtype=np.float64)
+        return (np.array([self.center_y, self.center_x]) + (rc[..., :1] - m) * er + (rc[..., 1:] - m) * ec)
+
+    def field_to_crop(self, yx: np.ndarray) -> np.ndarray:
+        """(..., 2) field (y, x) -> (..., 2) crop (r, c); inverse of ``crop_to_field``."""
+        m = (self.crop_size - 1) / 2
+        er, ec = self._axes()
+        d = np.asarray(yx, dtype=np.float64) - np.array([self.center_y, self.center_x])
+        s2 = self.scale * self.scale
+        return np.stack([d @ er / s2 + m, d @ ec / s2 + m], axis=-1)
+
+
+@dataclass
+class HeadCrops:
+    images: np.ndarray  # (N, S, S, 3) float32 in [0, 1]
+    label_ids: np.ndarray  # (N,) int
+    transforms: list[CropTransform] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.label_ids.shape[0])
+
+
+def _head_geometry(mask: np.ndarray, y0: int, x0: int) -> tuple[float, float, float, float]:
+    """(cy, cx, length_px, angle_deg of the major axis, CCW as displayed) from second moments."""
+    ys, xs = np.nonzero(mask)
+    cy, cx = ys.mean(), xs.mean()
+    vy, vx = ((ys - cy) ** 2).mean(), ((xs - cx) ** 2).mean()
+    cov = ((ys - cy) * (xs - cx)).mean()
+    common = math.sqrt(((vx - vy) / 2) ** 2 + cov**2)
+    length = 4 * math.sqrt((vx + vy) / 2 + common)
+    theta = 0.5 * math.atan2(2 * cov, vx - vy)  # x right, y down
+    return cy + y0, cx + x0, max(length, 1.0), -math.degrees(theta)
+
+
+def extract_head_crops(
+    image: np.ndarray,
+    labels: np.ndarray,
+    crop_size: int = 128,
+    head_fraction: float = 0.55,
+    align: bool = True,
+) -> HeadCrops:
+    """Crop every labelled head: centred, rotated (``align``) and scaled so length = head_fraction * S."""
+    rgb = as_float_rgb(image)
+    lab = np.asarray(labels)
+    if lab.shape != rgb.shape[:2]:
+        raise ValueError(f"labels shape {lab.shape} does not match the image plane {rgb.shape[:2]}.")
+    if not 0 < head_fraction <= 1:
+        raise ValueError(f"head_fraction must be in (0, 1], got {head_fraction}.")
+    s = int(crop_size)
+    grid = np.stack(np.mgrid[0:s, 0:s], axis=-1).astype(np.float64)
+    images, ids, tfs = [], [], []
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        cy, cx, length, ang = _head_geometry(lab[sl] == i, sl[0].start, sl[1].start)
+        tf = CropTransform(cy, cx, ang if align else 0.0, length / (head_fraction * s), s, i)
+        yx = tf.crop_to_field(grid)
+        coords = [yx[..., 0], yx[..., 1]]
+        crop = np.stack(
+            [ndi.map_coordinates(rgb[..., c], coords, order=1, mode="mirror") for c in range(3)], axis=-1
+        )
+        images.append(np.clip(crop, 0, 1).astype(np.float32))
+        ids.append(i)
+        tfs.append(tf)
+    imgs = np.stack(images) if images else np.zeros((0, s, s, 3), np.float32)
+    return HeadCrops(imgs, np.asarray(ids, dtype=np.int64), tfs)
+
+
+def paste_to_field(
+    maps: np.ndarray,
+    transforms: list[CropTransform],
+    field_shape: tuple[int, ...],
+    labels: np.ndarray | None = None,
+    dilate_px: int = 10,
+    *,
+    masks: np.ndarray | None = None,
+) -> np.ndarray:
+    """Inverse-warp per-crop maps (N, S, S) into a float32 (H, W) field map (max where they overlap).
+
+    With ``labels`` (alias ``masks``), each map is kept only on its own head dilated by ``dilate_px``
+    pixels, so an explanation cannot spill onto neighbours.
+    """
+    if labels is None:
+        labels = masks
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3 or maps.shape[0] != len(transforms):
+        raise ValueError(f"maps must be (N, S, S) with N = {len(transforms)} transforms, got {maps.shape}.")
+    h, w = int(field_shape[0]), int(field_shape[1])
+    out = np.zeros((h, w), dtype=np.float32)
+    for mp, tf in zip(maps, transforms):
+        s = mp.shape[0]
+        corners = tf.crop_to_field(np.array([[0, 0], [0, s - 1], [s - 1, 0], [s - 1, s - 1]], float))
+        y0, x0 = np.floor(corners.min(0)).astype(int)
+        y1, x1 = np.ceil(corners.max(0)).astype(int) + 1
+        y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        yx = np.stack(np.mgrid[y0:y1, x0:x1], axis=-1).astype(np.float64)
+        rc = tf.field_to_crop(yx)
+        vals = ndi.map_coordinates(mp, [rc[..., 0], rc[..., 1]], order=1, mode="constant", cval=0.0)
+        if labels is not None and tf.label:
+            own = np.asarray(labels)[y0:y1, x0:x1] == tf.label
+            if dilate_px > 0:
+                own = ndi.binary_dilation(own, iterations=int(dilate_px))
+            vals = np.where(own, vals, 0.0)
+        region = out[y0:y1, x0:x1]
+        np.maximum(region, vals.astype(np.float32), out=region)
+    return out
+
+
+def _central_object_length(crop: np.ndarray) -> float | None:
+    """Major-axis length (px) of the dark object nearest the crop centre, tails removed."""
+    from skimage.filters import threshold_otsu
+    from skimage.measure import regionprops
+
+    st = stain_channel(crop)
+    if st.max() - st.min() < 0.05:
+        return None
+    m = st > threshold_otsu(st)
+    side = min(st.shape[:2])
+    # strip tails/midpieces: opening radius ~ 4 % of the side (a head is ~ 1/3 to 2/3 of a crop)
+    r = max(1.0, 0.04 * side)
+    core = ndi.distance_transform_edt(m) > r
+    m = ndi.binary_fill_holes((ndi.distance_transform_edt(~core) <= r) & m)
+    lab, n = ndi.label(m)
+    if n == 0:
+        return None
+    c = (np.array(st.shape[:2]) - 1) / 2
+    best, bestd = None, np.inf
+    for rp in regionprops(lab):
+        d = float(np.hypot(*(np.array(rp.centroid) - c)))
+        if rp.area >= 0.002 * st.size and d < bestd:
+            best, bestd = rp, d
+    return None if best is None else float(best.axis_major_length)
+
+
+def estimate_head_fraction(crops: list[np.ndarray]) -> float:
+    """Median (head major axis / crop side) over training-style crops (one stained head near the centre).
+
+    The crop side is the geometric mean of height and width, for crops that are not square.
+    """
+    vals = []
+    for crop in crops:
+        arr = np.asarray(crop)
+        length = _central_object_length(arr)
+        if length is not None:
+            vals.append(length / math.sqrt(arr.shape[0] * arr.shape[1]))
+    if not vals:
+        raise ValueError("No head found in any crop; cannot estimate the head fraction.")
+    return float(np.median(vals))

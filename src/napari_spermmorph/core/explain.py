@@ -1,0 +1,163 @@
+"""Where the classifier looks: Grad-CAM++ on the CBAM output, and the CBAM spatial gate itself.
+
+Efficiency: one CAM object per call, crops in batches, and the graph is cut at the target layer (its output is
+detached and made a leaf that requires grad), so the backward pass runs only through the small head
+(CBAM -> pool -> linear), never through the backbone, and no parameter gradients are accumulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .inference import Classifier
+from .preprocess import normalise
+
+__all__ = ["gradcam_pp", "cbam_attention", "target_layer", "class_indices"]
+
+
+def target_layer(classifier: Classifier, layer: str | nn.Module | None = None) -> nn.Module:
+    """The layer Grad-CAM++ reads: the CBAM output, else the backbone's last feature map, else ``layer``.
+
+    ``layer`` may be a module or a dotted name inside ``classifier.model`` (e.g. ``"features"``).
+    """
+    model = classifier.model
+    if isinstance(layer, nn.Module):
+        return layer
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer)
+        except AttributeError as exc:
+            raise ValueError(f"The model has no layer {layer!r}.") from exc
+    cbam = getattr(model, "cbam", None)
+    if cbam is not None and not isinstance(cbam, nn.Identity):
+        return cbam
+    return model.features
+
+
+def class_indices(classifier: Classifier, target: str | int | Sequence | None, n: int) -> list[int] | None:
+    """Target class per crop: None -> the predicted class (decided inside the CAM); a name or index -> all."""
+    if target is None:
+        return None
+    names = classifier.class_names
+    if isinstance(target, (str, int, np.integer)):
+        target = [target] * n
+    out = []
+    for t in target:
+        if isinstance(t, str):
+            if t not in names:
+                raise ValueError(f"Unknown target class {t!r}; the model's classes are {names}.")
+            out.append(names.index(t))
+        else:
+            if not 0 <= int(t) < len(names):
+                raise ValueError(f"Target class index {t} is out of range for {len(names)} classes.")
+            out.append(int(t))
+    if len(out) != n:
+        raise ValueError(f"{len(out)} targets given for {n} crops.")
+    return out
+
+
+def _crop_shape(crops) -> tuple[int, int]:
+    first = crops[0]
+    return int(first.shape[0]), int(first.shape[1])
+
+
+def _to_crop_size(maps: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+    """(N, S', S') maps at the model's input size -> the crops' (H, W), undoing the pad-to-square."""
+    h, w = hw
+    side = max(h, w)
+    x = maps[:, None].float()
+    if x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    x = x[:, 0, y0 : y0 + h, x0 : x0 + w]
+    return x.clamp_(0, 1).cpu().numpy().astype(np.float32)
+
+
+class _CutGraph:
+    """Forward hook: the layer's output becomes a fresh leaf requiring grad, so backward stops there."""
+
+    def __call__(self, module, args, output):
+        return output.detach().requires_grad_(True)
+
+
+def gradcam_pp(
+    classifier: Classifier,
+    crops: np.ndarray | Sequence[np.ndarray],
+    target: str | int | Sequence | None = None,
+    layer: str | nn.Module | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Grad-CAM++ maps (N, H, W) float32 in [0, 1] at the crops' own size (H = W = S for square crops).
+
+    ``target``: None explains each crop's predicted class; a class name (or index) explains that class.
+    """
+    from pytorch_grad_cam import GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    n = len(crops)
+    if n == 0:
+        return np.zeros((0, 0, 0), dtype=np.float32)
+    hw = _crop_shape(crops)
+    targets = class_indices(classifier, target, n)
+    model = classifier.model
+    spec = classifier.spec
+    layer_mod = target_layer(classifier, layer)
+    x = classifier.to_tensor(crops)
+    was_training = model.training
+    grads_before = [p.requires_grad for p in model.parameters()]
+    out = []
+    with torch.inference_mode(False), torch.enable_grad():
+        for p in model.parameters():
+            p.requires_grad_(False)
+        cut = layer_mod.register_forward_hook(_CutGraph())
+        cam = GradCAMPlusPlus(model=model, target_layers=[layer_mod])  # registers its hooks after ours
+        try:
+            for i in range(0, n, batch_size):
+                xb = normalise(x[i : i + batch_size].to(classifier.device), spec.mean, spec.std)
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                tb = None if targets is None else [ClassifierOutputTarget(t) for t in targets[i : i + batch_size]]
+                maps = cam(input_tensor=xb, targets=tb)  # (B, S', S') numpy, each min-max scaled
+                out.append(_to_crop_size(torch.from_numpy(np.nan_to_num(maps)), hw))
+        finally:
+            cam.activations_and_grads.release()
+            cut.remove()
+            for p, g in zip(model.parameters(), grads_before):
+                p.requires_grad_(g)
+            model.train(was_training)
+    return np.concatenate(out)
+
+
+def cbam_attention(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarray],
+                   batch_size: int = 64) -> np.ndarray:
+    """The CBAM spatial gate (sigmoid, already in [0, 1], not rescaled) upsampled to the crops' size."""
+    model = classifier.model
+    cbam = getattr(model, "cbam", None)
+    if cbam is None or not hasattr(cbam, "spatial"):
+        raise ValueError("This model has no CBAM block, so it has no spatial attention map to show.")
+    n = len(crops)
+    if n == 0:
+        return np.zeros((0, 0, 0), dtype=np.float32)
+    hw = _crop_shape(crops)
+    spec = classifier.spec
+    x = classifier.to_tensor(crops)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, n, batch_size):
+                xb = normalise(x[i : i + batch_size].to(classifier.device), spec.mean, spec.std)
+                model(xb.contiguous(memory_format=torch.channels_last))
+                gate = cbam.spatial.last_map[:, 0].float()  # (B, h, w)
+                # the gate sees only the crop's feature grid: interpolate to the model input, then to the crop
+                up = F.interpolate(gate[:, None], size=(classifier.input_size,) * 2, mode="bilinear",
+                                   align_corners=False)[:, 0]
+                out.append(_to_crop_size(up, hw))
+    finally:
+        model.train(was_training)
+    return np.concatenate(out)
