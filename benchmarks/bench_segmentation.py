@@ -30,7 +30,8 @@ def load_gt(ann_path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Instance labels of heads (one id per group_id) from a gzip labelme JSON."""
     from skimage.draw import polygon
 
-    d = json.load(gzip.open(ann_path))
+    with gzip.open(ann_path) as fh:
+        d = json.load(fh)
     lab = np.zeros(shape, dtype=np.int32)
     ids: dict[int, int] = {}
     for s in d["shapes"]:
@@ -112,18 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     half = len(files) // 2
     splits = {"tuning half (first)": files[:half], "held-out half (second)": files[half:]}
     results = {k: evaluate(v, root / "annotations", params) for k, v in splits.items() if v}
-    allr = [r for r in results.values()]
+    allr = list(results.values())
     tot = {k: sum(r[k] for r in allr) for k in ("tp", "fp", "fn", "fields")}
     p = tot["tp"] / max(tot["tp"] + tot["fp"], 1)
     r = tot["tp"] / max(tot["tp"] + tot["fn"], 1)
     n_iou = [x["tp"] for x in allr]
     results["all"] = {
         **tot, "precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-9),
-        "mean_matched_iou": float(sum(x["mean_matched_iou"] * n for x, n in zip(allr, n_iou)) / max(sum(n_iou), 1)),
+        "mean_matched_iou": float(sum(x["mean_matched_iou"] * n for x, n in zip(allr, n_iou))
+                                  / max(sum(n_iou), 1)),
         "median_s_per_field": float(np.median([x["median_s_per_field"] for x in allr])),
     }
-    rows = [[k, v["fields"], v["tp"] + v["fn"], v["tp"], v["fp"], v["fn"], v["precision"], v["recall"], v["f1"],
-             v["mean_matched_iou"], v["median_s_per_field"]] for k, v in results.items()]
+    rows = [[k, v["fields"], v["tp"] + v["fn"], v["tp"], v["fp"], v["fn"], v["precision"], v["recall"],
+             v["f1"], v["mean_matched_iou"], v["median_s_per_field"]] for k, v in results.items()]
     table = md_table(["split", "fields", "GT heads", "TP", "FP", "FN", "precision", "recall", "F1@0.5",
                       "mean matched IoU", "median s/field"], rows)
     machine = machine_description()

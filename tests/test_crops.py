@@ -15,7 +15,8 @@ def _head_map_in_crop(tf: CropTransform, labels: np.ndarray) -> np.ndarray:
     """1 where a crop pixel falls on the head in the field (nearest neighbour), else 0."""
     s = tf.crop_size
     yx = np.round(tf.crop_to_field(np.stack(np.mgrid[0:s, 0:s], axis=-1))).astype(int)
-    ok = (yx[..., 0] >= 0) & (yx[..., 0] < labels.shape[0]) & (yx[..., 1] >= 0) & (yx[..., 1] < labels.shape[1])
+    h, w = labels.shape
+    ok = (yx[..., 0] >= 0) & (yx[..., 0] < h) & (yx[..., 1] >= 0) & (yx[..., 1] < w)
     out = np.zeros((s, s), np.float32)
     out[ok] = labels[yx[..., 0][ok], yx[..., 1][ok]] == tf.label
     return out
@@ -24,7 +25,7 @@ def _head_map_in_crop(tf: CropTransform, labels: np.ndarray) -> np.ndarray:
 def test_crops_shape_range_and_gray(field):
     hc = extract_head_crops(field.image, field.labels, crop_size=64)
     assert hc.images.shape == (8, 64, 64, 3) and hc.images.dtype == np.float32
-    assert 0 <= hc.images.min() and hc.images.max() <= 1
+    assert hc.images.min() >= 0 and hc.images.max() <= 1
     assert list(hc.label_ids) == list(range(1, 9)) and len(hc.transforms) == 8
     gray = extract_head_crops(field.image.mean(-1).astype(np.uint8), field.labels, crop_size=64)
     assert np.array_equal(gray.images[..., 0], gray.images[..., 2])
@@ -43,25 +44,26 @@ def test_heads_are_aligned_centred_and_scaled(field):
         row = measure_heads(m).iloc[0]
         assert abs(row["orientation_deg"]) < 5  # major axis horizontal
         assert row["length_px"] == pytest.approx(48, rel=0.06)
-        assert row["centroid_y"] == pytest.approx(47.5, abs=1.5) and row["centroid_x"] == pytest.approx(47.5, abs=1.5)
+        assert row["centroid_y"] == pytest.approx(47.5, abs=1.5)
+        assert row["centroid_x"] == pytest.approx(47.5, abs=1.5)
 
 
 def test_no_black_borders_near_the_field_edge(field):
-    lab = np.zeros_like(field.labels)
-    lab[field.labels == 1] = 1
-    img = field.image[40:, 40:]  # move the head close to the corner
-    y, x = np.nonzero(lab[40:, 40:])
-    sub = np.zeros(img.shape[:2], np.int32)
-    sub[y, x] = 1
-    hc = extract_head_crops(img, sub, crop_size=128, head_fraction=0.2)  # crop much wider than the field margin
-    assert hc.images.min() > 0.05  # reflection, not zero padding
+    # crops much wider than the field margin
+    hc = extract_head_crops(field.image, field.labels, crop_size=128, head_fraction=0.1)
+    for img, tf in zip(hc.images, hc.transforms):
+        yx = tf.crop_to_field(np.stack(np.mgrid[0:128, 0:128], axis=-1))
+        outside = (yx[..., 0] < 0) | (yx[..., 0] > 511) | (yx[..., 1] < 0) | (yx[..., 1] > 511)
+        assert outside.any()
+        assert img[outside].mean() > 0.6  # reflected light background, not zero padding
 
 
 def test_paste_round_trip_iou(field):
     hc = extract_head_crops(field.image, field.labels, crop_size=64, align=True)
     maps = np.stack([_head_map_in_crop(tf, field.labels) for tf in hc.transforms])
     for k, tf in enumerate(hc.transforms):
-        back = paste_to_field(maps[k: k + 1], [tf], field.labels.shape, labels=field.labels, dilate_px=3) > 0.5
+        back = paste_to_field(maps[k: k + 1], [tf], field.labels.shape, labels=field.labels, dilate_px=3)
+        back = back > 0.5
         head = field.labels == tf.label
         assert (back & head).sum() / (back | head).sum() > 0.8
     full = paste_to_field(maps, hc.transforms, field.labels.shape, masks=field.labels)

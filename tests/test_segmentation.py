@@ -112,6 +112,11 @@ def test_bad_input_messages(bad, msg):
             segment_image(bad)
 
 
+def test_empty_plane_message_from_segment_heads():
+    with pytest.raises(ImageInputError, match="empty"):
+        segment_heads(np.zeros((0, 10, 3), np.uint8))
+
+
 def test_bad_pixel_size(field):
     with pytest.raises(ImageInputError, match="pixel size"):
         segment_heads(field.image, -1.0)

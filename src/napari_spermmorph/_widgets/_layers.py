@@ -125,3 +125,61 @@ def pixel_size_of(layer) -> float | None:
         return float(px) if px else None
     except (TypeError, ValueError):
         return None
+
+
+def layer_combo(viewer, types: tuple, none_text: str | None = None, accept=None):
+    """A QComboBox of the viewer's layers of ``types`` (and ``accept(layer)``) that follows adds, removals
+    and renames; ``combo.refresh()`` re-reads the list."""
+    from qtpy.QtWidgets import QComboBox
+
+    combo = QComboBox()
+
+    def refresh(*_args) -> None:
+        current = combo.currentData()
+        combo.blockSignals(True)
+        combo.clear()
+        if none_text is not None:
+            combo.addItem(none_text, None)
+        for layer in viewer.layers:
+            if isinstance(layer, types) and (accept is None or accept(layer)):
+                combo.addItem(layer.name, layer)
+        idx = index_of(combo, current) if current is not None else -1
+        combo.blockSignals(False)
+        if idx >= 0:
+            combo.setCurrentIndex(idx)
+        else:
+            combo.setCurrentIndex(-1 if combo.count() == 0 else 0)
+            combo.currentIndexChanged.emit(combo.currentIndex())
+
+    def watch(event=None) -> None:
+        if event is not None and getattr(event, "value", None) is not None:
+            event.value.events.name.connect(refresh)
+        refresh()
+
+    viewer.layers.events.inserted.connect(watch)
+    viewer.layers.events.removed.connect(refresh)
+    viewer.layers.events.reordered.connect(refresh)
+    for layer in viewer.layers:
+        layer.events.name.connect(refresh)
+    refresh()
+    combo.refresh = refresh  # type: ignore[attr-defined]
+    return combo
+
+
+def index_of(combo, obj) -> int:
+    """Index of the item whose data *is* ``obj`` (findData compares Python objects unreliably)."""
+    return next((i for i in range(combo.count()) if combo.itemData(i) is obj), -1)
+
+
+def select_in_combo(combo, layer) -> None:
+    idx = index_of(combo, layer)
+    if idx >= 0:
+        combo.setCurrentIndex(idx)
+
+
+def as_features(table):
+    """A per-head table as Labels ``features``: napari maps rows to label values through an 'index' column."""
+    out = table.copy()
+    if "label" in out and "index" not in out:
+        out.insert(0, "index", out["label"].astype(int).to_numpy())
+    return out

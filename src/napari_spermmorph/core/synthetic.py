@@ -77,8 +77,8 @@ def synthetic_field(
     px = pixel_size_um
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # uneven illumination: a gentle gradient and a broad bump
-    illum = 1.0 - 0.05 * (xx / w) - 0.03 * (yy / h) + 0.03 * np.exp(-((xx - w * 0.4) ** 2 + (yy - h * 0.6) ** 2)
-                                                                    / (2 * (0.4 * max(h, w)) ** 2))
+    bump = np.exp(-((xx - w * 0.4) ** 2 + (yy - h * 0.6) ** 2) / (2 * (0.4 * max(h, w)) ** 2))
+    illum = 1.0 - 0.05 * (xx / w) - 0.03 * (yy / h) + 0.03 * bump
     img = np.empty((h, w, 3), dtype=np.float32)
     img[:] = _BG
     labels = np.zeros((h, w), dtype=np.int32)
@@ -109,13 +109,13 @@ def synthetic_field(
             heads.extend(group)
 
     # tails first so heads are painted over them
-    for cy, cx, a, b, th in heads:
+    for cy, cx, a, _b, th in heads:
         direction = np.array([np.sin(th), np.cos(th)])  # (dy, dx) along the major axis
         start = np.array([cy, cx]) + direction * a * 0.95
         pts = [start]
         ang = th
         seg = 1.0 / px
-        for k in range(int(40 / 1.0)):
+        for _ in range(40):  # 40 um of midpiece + tail in 1 um steps
             ang += rng.normal(0, 0.08)
             pts.append(pts[-1] + seg * np.array([np.sin(ang), np.cos(ang)]))
         pts = np.array(pts)

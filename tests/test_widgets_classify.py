@@ -1,0 +1,244 @@
+"""Classify-and-explain widget in a real (offscreen) viewer, synchronous mode: field -> heads -> classes + maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_spermmorph._sample_data import load_field
+
+CLASSES = ["normal", "tapered", "pyriform", "amorphous"]
+
+
+@pytest.fixture(autouse=True)
+def _sync(monkeypatch):
+    monkeypatch.setenv("SPERMMORPH_SYNC", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """An untrained small model saved as a real checkpoint (tests never need shipped weights)."""
+    import torch
+
+    from napari_spermmorph.core.checkpoints import save_checkpoint
+    from napari_spermmorph.core.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(input_size=64)
+    model = build_model(spec, pretrained=False).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_checkpoint(path, model, {"class_names": CLASSES, "head_fraction": 0.5, "spec": spec.to_dict(),
+                                         "name": "tiny"})
+
+
+def _shipped() -> str | None:
+    from napari_spermmorph.core.registry import resolve, shipped_models
+
+    for entry in shipped_models():
+        if entry["name"] == "hushem-4class":
+            try:
+                resolve("hushem-4class")
+                return "hushem-4class"
+            except Exception:  # noqa: BLE001 - weights file absent on a fresh clone
+                return None
+    return None
+
+
+def _segmented(viewer, image, name="field", px=None):
+    from napari_spermmorph._widgets.segment_widget import SegmentHeadsWidget
+
+    kw = {} if px is None else {"scale": (px, px), "translate": (3.0, -2.0)}
+    img = viewer.add_image(image, rgb=True, name=name, **kw)
+    seg = SegmentHeadsWidget(viewer)
+    seg.run(image_layer=img)
+    return img, viewer.layers[f"{name} heads"]
+
+
+def _classify_widget(viewer, tiny_ckpt, prefer_shipped=True):
+    from napari_spermmorph._widgets.classify_widget import ClassifyWidget
+
+    w = ClassifyWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.device_combo.setCurrentText("cpu")
+    shipped = _shipped() if prefer_shipped else None
+    if shipped:
+        w.select_model("shipped", shipped)
+    else:
+        w.select_model("file", str(tiny_ckpt))
+    return w
+
+
+def test_dock_via_manifest(make_napari_viewer):
+    from napari_spermmorph._widgets.classify_widget import ClassifyWidget
+
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-spermmorph", "Classify and explain")
+    assert isinstance(w, ClassifyWidget)
+    assert w.model_combo.count() >= 1 and w.device_combo.findText("cpu") >= 0
+
+
+def _peak_in_head_fraction(heat: np.ndarray, labels: np.ndarray, grow: int = 3) -> float:
+    """For each head: is the heatmap's peak in its neighbourhood inside the head dilated by ``grow`` px?"""
+    hits, n = 0, 0
+    for lab in np.unique(labels[labels > 0]):
+        mask = labels == lab
+        near = ndi.binary_dilation(mask, iterations=12) & ((labels == 0) | mask)
+        vals = np.where(near, heat, -1)
+        if vals.max() <= 0:
+            continue
+        n += 1
+        peak = np.unravel_index(int(np.argmax(vals)), vals.shape)
+        hits += bool(ndi.binary_dilation(mask, iterations=grow)[peak])
+    return hits / max(n, 1)
+
+
+@pytest.mark.parametrize("prefer_shipped", [True, False], ids=["shipped-or-tiny", "checkpoint-file"])
+def test_classify_real_field(make_napari_viewer, tiny_ckpt, prefer_shipped):
+    viewer = make_napari_viewer()
+    img, heads = _segmented(viewer, load_field(), px=0.046)
+    image_before = img.data.copy()
+    w = _classify_widget(viewer, tiny_ckpt, prefer_shipped)
+    w.attention.setChecked(True)
+    w.set_layers(img, heads)
+    w.run()
+    assert "Classified" in w.status.text(), w.status.text()
+    feats = heads.features
+    names = w.last_result["table"]["class"].cat.categories.tolist()
+    for col in ["class", "confidence", "uncertain", *[f"p_{c}" for c in names]]:
+        assert col in feats.columns
+    probs = feats[[f"p_{c}" for c in names]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert "area_um2" in feats.columns  # morphometrics kept
+    classes = viewer.layers["field classes"]
+    assert tuple(classes.scale) == tuple(img.scale) and tuple(classes.translate) == tuple(img.translate)
+    for _, row in feats.iterrows():
+        inside = classes.data[heads.data == row["label"]]
+        assert np.all(inside == names.index(row["class"]) + 1)
+    assert np.all(classes.data[heads.data == 0] == 0)
+    heat = viewer.layers["field Grad-CAM++"]
+    assert heat.data.shape == heads.data.shape and heat.blending == "additive"
+    assert heat.colormap.name == "inferno" and heat.opacity == pytest.approx(0.5)
+    assert 0.0 <= heat.data.min() and heat.data.max() <= 1.0
+    assert "field CBAM attention" in [layer.name for layer in viewer.layers]
+    frac = _peak_in_head_fraction(heat.data, heads.data)
+    print(f"Grad-CAM++ peak inside head (dilated 3 px): {frac:.2f} of heads ({w.model_combo.currentText()})")
+    assert heat.data[ndi.binary_dilation(heads.data > 0, iterations=30) == 0].max() == 0  # nothing far from heads
+    assert np.array_equal(img.data, image_before)
+    assert "heads" in w.summary.text() and "Uncertain heads" in w.summary.text()
+    assert w.legend_layout.count() == len(names)
+    # the results table dock opened on the heads layer
+    table = viewer.window._dock_widgets["Results table (napari-spermmorph)"].widget()
+    assert table.table.rowCount() == len(feats)
+
+
+def test_results_land_on_layers_chosen_at_run(make_napari_viewer, tiny_ckpt, field):
+    viewer = make_napari_viewer()
+    img, heads = _segmented(viewer, field.image)
+    other = viewer.add_labels(np.zeros(heads.data.shape, np.int32), name="other")
+    w = _classify_widget(viewer, tiny_ckpt, prefer_shipped=False)
+    w.gradcam.setChecked(False)
+    w.set_layers(img, heads)
+    real_load = w._load
+
+    def load_then_change_selection(*args):
+        w.heads_combo.setCurrentIndex(w.heads_combo.findText("other"))
+        return real_load(*args)
+
+    w._load = load_then_change_selection
+    w.run()
+    assert "class" in heads.features.columns
+    assert len(other.features.columns) == 0
+    assert "field Grad-CAM++" not in [layer.name for layer in viewer.layers]
+
+
+def test_crop_stack(make_napari_viewer, tiny_ckpt, field):
+    viewer = make_napari_viewer()
+    img, heads = _segmented(viewer, field.image)
+    crops = viewer.layers["field head crops"]
+    w = _classify_widget(viewer, tiny_ckpt, prefer_shipped=False)
+    w.target_combo.setCurrentText("tapered")
+    w.set_layers(crops, None)
+    w.run()
+    assert "Classified" in w.status.text(), w.status.text()
+    table = crops.metadata["spermmorph_table"]
+    assert list(table["label"]) == crops.metadata["label_ids"]
+    heat = viewer.layers["field head crops Grad-CAM++"]
+    assert heat.data.shape == crops.data.shape[:3]
+    assert 0 <= heat.data.min() and heat.data.max() <= 1
+
+
+def test_bad_inputs_leave_layers_unchanged(make_napari_viewer, tiny_ckpt, field, tmp_path):
+    import torch
+
+    from napari_spermmorph.core.inference import Classifier
+    from napari_spermmorph.core.models import ModelSpec, build_model
+
+    viewer = make_napari_viewer()
+    img, heads = _segmented(viewer, field.image)
+    w = _classify_widget(viewer, tiny_ckpt, prefer_shipped=False)
+    names_before = [layer.name for layer in viewer.layers]
+    feats_before = heads.features.copy()
+
+    def check(fragment):
+        w.run()
+        assert fragment in w.status.text(), w.status.text()
+        assert [layer.name for layer in viewer.layers] == names_before
+        assert heads.features.equals(feats_before)
+
+    wrong = viewer.add_labels(np.zeros((50, 60), np.int32), name="wrong shape")
+    empty = viewer.add_labels(np.zeros(heads.data.shape, np.int32), name="empty")
+    names_before = [layer.name for layer in viewer.layers]
+    w.set_layers(img, wrong)
+    check("has shape")
+    w.set_layers(img, empty)
+    check("is empty")
+    w.set_layers(img, None)
+    check("not a stack of head crops")
+    w.set_layers(img, heads)
+    w.select_model("file", str(tmp_path / "missing.safetensors"))
+    check("not found")
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(tiny_ckpt.read_bytes()[:5000])
+    w.select_model("file", str(bad))
+    check("Cannot use this model")
+    model = build_model(ModelSpec(input_size=64), pretrained=False)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first.in_channels = 1
+    first.weight = torch.nn.Parameter(first.weight[:, :1].clone())
+    w.use_classifier(Classifier(model, {"class_names": CLASSES, "head_fraction": 0.5}, device="cpu"), "gray")
+    check("1-channel")
+
+
+def test_session_models_refresh_list(make_napari_viewer, tiny_ckpt):
+    from napari_spermmorph._widgets import _models
+    from napari_spermmorph._widgets.classify_widget import ClassifyWidget
+
+    viewer = make_napari_viewer()
+    w = ClassifyWidget(viewer)
+    n = w.model_combo.count()
+    _models.register_session_model("my fine-tune", tiny_ckpt)
+    try:
+        assert w.model_combo.count() == n + 1
+        w.select_model("session", str(tiny_ckpt))
+        assert [w.target_combo.itemText(i) for i in range(1, w.target_combo.count())] == CLASSES
+    finally:
+        _models.unregister_session_model("my fine-tune")
+    assert w.model_combo.count() == n
+
+
+def test_threaded_run_with_stop(make_napari_viewer, tiny_ckpt, field, qtbot, monkeypatch):
+    viewer = make_napari_viewer()
+    img, heads = _segmented(viewer, field.image)
+    monkeypatch.delenv("SPERMMORPH_SYNC")
+    w = _classify_widget(viewer, tiny_ckpt, prefer_shipped=False)
+    w.set_layers(img, heads)
+    w.run()
+    qtbot.waitUntil(lambda: not w.controls.busy, timeout=120_000)
+    assert "Classified" in w.status.text(), w.status.text()
+    n_layers = len(viewer.layers)
+    w.run()
+    w.controls.stop_flag.set()  # Stop right away: the result is discarded
+    qtbot.waitUntil(lambda: not w.controls.busy, timeout=120_000)
+    assert "Stopped" in w.status.text()
+    assert len(viewer.layers) == n_layers
