@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, require_data  # noqa: E402
-from bench_classifier import MODELS, dataset_config  # noqa: E402
+from bench_classifier import HEAD_FRACTION, MODELS, dataset_config  # noqa: E402
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
@@ -37,13 +37,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     from napari_spermmorph.core.checkpoints import save_checkpoint
+    from napari_spermmorph.core.crops import normalise_crops
     from napari_spermmorph.core.datasets import load_class_folders
     from napari_spermmorph.core.models import ModelSpec
     from napari_spermmorph.core.registry import WEIGHTS_DIR, register
     from napari_spermmorph.core.training import TrainConfig, checkpoint_meta, train_classifier
 
     ds = load_class_folders(root / args.dataset)
-    images = ds.load_images()
+    images, found = normalise_crops(ds.load_images(), args.size, HEAD_FRACTION, align=True)
     spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS["effnet_cbam"])
     cfg = TrainConfig(spec=spec, seed=args.seed, **dataset_config(args.dataset))
     t0 = time.perf_counter()
@@ -53,17 +54,13 @@ def main(argv=None) -> int:
             print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f} val f1 {u.val_macro_f1:.3f}", flush=True)
 
     res = train_classifier(images, ds.labels, cfg, on_update=show)
-    try:
-        from napari_spermmorph.core.crops import estimate_head_fraction
-
-        head_fraction = float(estimate_head_fraction(images[:300]))
-    except ImportError:
-        head_fraction = 0.5
+    head_fraction = HEAD_FRACTION
     cv_file = RESULTS / f"classifier_{args.dataset}_{args.size}.json"
     cv = json.loads(cv_file.read_text())["models"] if cv_file.exists() else {}
     name = NAMES[args.dataset]
     meta = checkpoint_meta(
-        res, ds.class_names, cfg, name=name, label_scheme=SCHEMES[args.dataset], head_fraction=head_fraction,
+        res, ds.class_names, cfg, name=name, label_scheme=SCHEMES[args.dataset], head_fraction=head_fraction, align_crops=True,
+        crops_with_head_found=float(found.mean()),
         training_data=f"{SCHEMES[args.dataset]} development portion, {len(ds)} images (folders {ds.folder_names})",
         protocol="all development images; 15% stratified validation split for early stopping",
         cv_metrics={k: {m: v[m] for m in ("accuracy_mean", "accuracy_sd", "macro_f1_mean", "macro_f1_sd", "folds")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -132,7 +133,7 @@ def test_heatmaps_written(tiny_model, fields, tmp_path):
     assert res.exit_code == 0
     heat = tifffile.imread(tmp_path / "field0.heatmap.tif")
     assert heat.dtype == np.float32 and heat.shape == (320, 320)
-    assert 0 <= heat.min() and heat.max() <= 1 and heat.max() > 0
+    assert heat.min() >= 0 and heat.max() <= 1 and heat.max() > 0
     with Image.open(tmp_path / "field0.heatmap.png") as im:
         assert im.size == (320, 320) and im.mode == "RGB"
 
@@ -179,14 +180,34 @@ def test_expand_inputs_rules(tmp_path):
 
 def test_atomic_write_never_overwrites_without_force(tmp_path):
     p = tmp_path / "x.txt"
-    assert batch.atomic_write(p, lambda t: open(t, "w").write("one"))
-    assert not batch.atomic_write(p, lambda t: open(t, "w").write("two"))
+    assert batch.atomic_write(p, lambda t: Path(t).write_text("one"))
+    assert not batch.atomic_write(p, lambda t: Path(t).write_text("two"))
     assert p.read_text() == "one"
 
     def fail(t):
-        open(t, "w").write("half")
+        Path(t).write_text("half")
         raise OSError("disk full")
 
     with pytest.raises(OSError):
         batch.atomic_write(p, fail, force=True)
     assert p.read_text() == "one" and [f.name for f in tmp_path.iterdir()] == ["x.txt"]  # no temp left
+
+
+def test_public_api_gives_the_batch_result(serial_run, tiny_model, fields):
+    import napari_spermmorph as sm
+
+    _, out = serial_run
+    image = np.asarray(Image.open(fields / "field0.png"))
+    model = sm.load_model(tiny_model, device="cpu")
+    res = sm.classify(image, model=model, pixel_size_um=PX)
+    saved = pd.read_csv(out / "field0.heads.csv")
+    assert list(res.table["label"]) == list(saved["label"])
+    assert list(res.table["class"].astype(str)) == list(saved["class"])
+    np.testing.assert_array_equal(res.labels, tifffile.imread(out / "field0.heads.tif"))
+    np.testing.assert_array_equal(sm.segment(image, PX), res.labels)
+    again = sm.classify(image, res.labels, model, pixel_size_um=PX)  # hand-made labels path
+    np.testing.assert_allclose(again.probs, res.probs, atol=1e-6)
+    crops_table = sm.classify_crops(res.crops.images, model)
+    assert len(crops_table) == len(res.table)
+    maps = sm.explain(res.crops.images[:2], model)
+    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1

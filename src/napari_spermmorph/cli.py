@@ -307,7 +307,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _demo_gui(model)
     with as_file(files("napari_spermmorph") / "sample_data" / "field.jpg") as field:
         res = _run_analysis([str(field)], args.out, model, args.argv, pixel_size_um=DEFAULT_PIXEL_SIZE_UM,
-                            heatmaps=True, force=args.force, scheduler="sync", progress=True)
+                            heatmaps=True, force=args.force, scheduler="sync", progress=True,
+                            sample_sheet={"field.jpg": "demo (Sperm Parsing sample field)"})
     print(f"outputs in {res.out_dir.resolve()}")
     return res.exit_code
 
@@ -437,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted; rerun the same command to resume (finished images are kept).")
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except _user_errors() as exc:
         _err(f"spermmorph {args.command}: error: {exc}")
         return 2

@@ -26,8 +26,27 @@ class Progress:
     message: str = ""
 
 
-class Cancelled(RuntimeError):
+class Cancelled(Exception):  # not a RuntimeError: superqt swallows those (see _Shielded)
     """Raised inside a job when the user pressed Stop."""
+
+
+class _Shielded(Exception):
+    """Carries a RuntimeError out of a superqt worker, which would otherwise drop it and never emit
+    ``finished`` (superqt treats RuntimeError as 'the worker was deleted')."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
+def _shield(func: Callable[[], Generator[Any, None, Any]]) -> Callable[[], Generator[Any, None, Any]]:
+    def gen():
+        try:
+            return (yield from func())
+        except RuntimeError as exc:
+            raise _Shielded(exc) from exc
+
+    return gen
 
 
 def use_threads(use_thread: bool | None = None) -> bool:
@@ -73,14 +92,18 @@ def run_generator(
     if use_threads(use_thread):
         from napari.qt.threading import create_worker
 
-        connect = {"errored": on_error or (lambda e: None)}
+        def errored(exc: BaseException) -> None:
+            if on_error is not None:
+                on_error(exc.original if isinstance(exc, _Shielded) else exc)
+
+        connect = {"errored": errored}
         if on_yield:
             connect["yielded"] = on_yield
         if on_return:
             connect["returned"] = on_return
         if on_finish:
             connect["finished"] = on_finish
-        return create_worker(func, _connect=connect, _start_thread=True)
+        return create_worker(_shield(func), _connect=connect, _start_thread=True)
     try:
         gen = func()
         while True:

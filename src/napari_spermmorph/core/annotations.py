@@ -78,6 +78,16 @@ def parse_class_names(text: str) -> list[str]:
     return names
 
 
+def check_class_names(class_names: Sequence[str]) -> list[str]:
+    """At least two distinct, non-empty class names (a classifier of one class learns nothing)."""
+    names = [str(n).strip() for n in class_names]
+    if len(names) < 2 or not all(names):
+        raise AnnotationError(f"Fine-tuning needs at least 2 classes; {len(names)} given ({names}).")
+    if len(set(names)) != len(names):
+        raise AnnotationError(f"Class names must be unique: {names}.")
+    return names
+
+
 def check_shapes(image: np.ndarray, labels: np.ndarray, name: str = "field") -> None:
     """The labels must cover the image's two spatial axes exactly (an RGB image has a trailing axis)."""
     image, labels = np.asarray(image), np.asarray(labels)
@@ -163,9 +173,7 @@ def build_training_set(
     Raises ``AnnotationError`` with the fix when there are fewer than 2 classes, no annotations, or a class
     with fewer than ``min_per_class`` examples.
     """
-    names = list(class_names)
-    if len(names) < 2:
-        raise AnnotationError(f"Fine-tuning needs at least 2 classes; {len(names)} given ({names}).")
+    names = check_class_names(class_names)
     images: list[np.ndarray] = []
     labels: list[int] = []
     sources: list[str] = []

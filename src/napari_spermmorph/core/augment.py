@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 @dataclass
 class AugmentConfig:
-    rotation_deg: float = 180.0  # uniform in [-r, r]; 180 = full rotations (head orientation is arbitrary)
+    # uniform in [-r, r]. Crops are aligned first (major axis horizontal, core.crops.normalise_crops), so a small
+    # rotation covers alignment error; use 180 (full rotations) for crops that are not aligned.
+    rotation_deg: float = 20.0
     flips: bool = True
     scale: tuple[float, float] = (0.9, 1.1)  # small: absolute head size is diagnostic
     translate: float = 0.05  # fraction of the crop

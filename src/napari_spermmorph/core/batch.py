@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,18 +184,22 @@ def _sample_of(p: Path, sheet: dict[str, str] | None) -> str:
     return p.parent.name or "sample"
 
 
-def expand_inputs(inputs: Sequence[str | Path], mode: str = "auto", sample_sheet: str | Path | None = None,
+def expand_inputs(inputs: Sequence[str | Path], mode: str = "auto",
+                  sample_sheet: str | Path | Mapping[str, str] | None = None,
                   exclude: str | Path | None = None) -> list[Job]:
     """Files, folders (searched recursively) or glob patterns -> jobs.
 
     ``mode``: "fields" treats every image as a field; "crops" treats every folder of images as one crop set;
     "auto" treats a folder as a crop set when all its readable images are at most ``CROP_MAX_SIDE`` px.
     The sample of a field is its sample-sheet entry, else its folder's name. ``exclude`` (the output folder)
-    is never read as input.
+    is never read as input. ``sample_sheet`` may also be a mapping (file name, stem or path -> sample).
     """
     if mode not in MODES:
         raise BatchInputError(f"Unknown input mode {mode!r}; use one of {', '.join(MODES)}.")
-    sheet = read_sample_sheet(sample_sheet) if sample_sheet else None
+    if isinstance(sample_sheet, Mapping):
+        sheet: dict[str, str] | None = {str(k): str(v) for k, v in sample_sheet.items()}
+    else:
+        sheet = read_sample_sheet(sample_sheet) if sample_sheet else None
     excl = Path(exclude) if exclude else None
     by_dir: dict[Path, list[Path]] = {}
     explicit: list[Path] = []
@@ -571,17 +575,18 @@ def _run_distributed(jobs: list[Job], settings: BatchSettings, address: str, bar
     except (OSError, TimeoutError) as exc:
         raise BatchInputError(f"Could not connect to the dask scheduler at {address}: {exc}") from exc
     try:
-        futures = client.map(process_job, jobs, settings=settings, pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list[Outcome | None] = [None] * len(jobs)
-        for fut in as_completed(futures):
-            i = index[fut.key]
-            try:
-                results[i] = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a lost worker fails its images, not the run
-                results[i] = Outcome(jobs[i], "error", f"dask worker failed: {_reason(exc)}")
-            bar.update(1)
-        return [r for r in results if r is not None]
+        with client.as_current():
+            futures = client.map(process_job, jobs, settings=settings, pure=False)
+            index = {f.key: i for i, f in enumerate(futures)}
+            results: list[Outcome | None] = [None] * len(jobs)
+            for fut in as_completed(futures):
+                i = index[fut.key]
+                try:
+                    results[i] = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a lost worker fails its images, not the run
+                    results[i] = Outcome(jobs[i], "error", f"dask worker failed: {_reason(exc)}")
+                bar.update(1)
+            return [r for r in results if r is not None]
     finally:
         client.close()
 
@@ -704,7 +709,8 @@ def _check_previous_run(out_dir: Path, info: dict, settings: BatchSettings) -> l
 
 
 def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path, *,
-              pixel_size_um: float | None = None, heatmaps: bool = False, sample_sheet: str | Path | None = None,
+              pixel_size_um: float | None = None, heatmaps: bool = False,
+              sample_sheet: str | Path | Mapping[str, str] | None = None,
               force: bool = False, scheduler: str = "threads", workers: int | None = None, tta: int = 1,
               mode: str = "auto", device: str = "auto", min_confidence: float = 0.6, progress: bool = True,
               argv: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> BatchResult:
@@ -729,8 +735,11 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Pa
     n_workers = workers or min(default_workers(), max(1, len(jobs)))
     local = scheduler in LOCAL_SCHEDULERS
     threads = None
-    if local:
+    if local:  # split the cores between workers; an explicit OMP_NUM_THREADS caps it
         threads = max(1, default_workers() // (n_workers if LOCAL_SCHEDULERS[scheduler] != "sync" else 1))
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        if omp.isdigit() and int(omp) > 0:
+            threads = min(threads, int(omp))
     settings = BatchSettings(model=info["path"], out_dir=str(out), device=device, pixel_size_um=pixel_size_um,
                              heatmaps=heatmaps, tta=int(tta), force=force, min_confidence=min_confidence,
                              torch_threads=threads)
@@ -755,14 +764,15 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Pa
     counts = {"done": 0, "skipped": 0, "error": 0}
     for o in outcomes:
         counts[o.status] += 1
+    sheet_record = dict(sample_sheet) if isinstance(sample_sheet, Mapping) else \
+        (str(sample_sheet) if sample_sheet else None)
     run = {
         "command": list(argv) if argv is not None else None,
         "started": started, "finished": finished, "seconds": round(time.perf_counter() - t0, 2),
         "inputs": [str(p) for p in inputs], "out_dir": str(out.resolve()),
         "settings": {"model": str(model), "pixel_size_um": pixel_size_um, "heatmaps": heatmaps, "tta": int(tta),
-                     "min_confidence": min_confidence, "mode": mode, "sample_sheet":
-                     str(sample_sheet) if sample_sheet else None, "scheduler": scheduler, "workers": n_workers,
-                     "device": device, "force": force},
+                     "min_confidence": min_confidence, "mode": mode, "sample_sheet": sheet_record,
+                     "scheduler": scheduler, "workers": n_workers, "device": device, "force": force},
         "model": info, "versions": versions(), "counts": counts,
         "images": [{"input": str(o.job.path), "kind": o.job.kind, "stem": o.job.stem, "sample": o.job.sample,
                     "status": o.status, "reason": o.reason, "n_heads": o.n_heads,

@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 
 from .images import as_float_rgb, stain_channel
 
-__all__ = ["CropTransform", "HeadCrops", "extract_head_crops", "paste_to_field", "estimate_head_fraction"]
+__all__ = ["CropTransform", "HeadCrops", "extract_head_crops", "paste_to_field", "estimate_head_fraction", "normalise_crops"]
 
 
 @dataclass(frozen=True)
@@ -154,10 +154,9 @@ def paste_to_field(
     return out
 
 
-def _central_object_length(crop: np.ndarray) -> float | None:
-    """Major-axis length (px) of the dark object nearest the crop centre, tails removed."""
+def _central_object_mask(crop: np.ndarray) -> np.ndarray | None:
+    """Mask of the dark object nearest the crop centre, tails removed (None when there is none)."""
     from skimage.filters import threshold_otsu
-    from skimage.measure import regionprops
 
     st = stain_channel(crop)
     if st.max() - st.min() < 0.05:
@@ -172,12 +171,44 @@ def _central_object_length(crop: np.ndarray) -> float | None:
     if n == 0:
         return None
     c = (np.array(st.shape[:2]) - 1) / 2
-    best, bestd = None, np.inf
-    for rp in regionprops(lab):
-        d = float(np.hypot(*(np.array(rp.centroid) - c)))
-        if rp.area >= 0.002 * st.size and d < bestd:
-            best, bestd = rp, d
-    return None if best is None else float(best.axis_major_length)
+    best, bestd = 0, np.inf
+    for i, (sl, area) in enumerate(zip(ndi.find_objects(lab), ndi.sum(m, lab, range(1, n + 1))), start=1):
+        if area < 0.002 * st.size:
+            continue
+        ys, xs = np.nonzero(lab[sl] == i)
+        d = float(np.hypot(ys.mean() + sl[0].start - c[0], xs.mean() + sl[1].start - c[1]))
+        if d < bestd:
+            best, bestd = i, d
+    return (lab == best) if best else None
+
+
+def _central_object_length(crop: np.ndarray) -> float | None:
+    """Major-axis length (px) of the dark object nearest the crop centre, tails removed."""
+    mask = _central_object_mask(crop)
+    return None if mask is None else _head_geometry(mask, 0, 0)[2]
+
+
+def normalise_crops(crops, crop_size: int, head_fraction: float, align: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Give ready-made crops (HuSHeM/SMIDS style, any size) the geometry of field crops.
+
+    The central head is found, then cut with ``extract_head_crops``: centred, aligned and scaled to
+    ``head_fraction``, exactly as heads in a field are. Crops without a findable head are padded to a square
+    and resized instead. Returns (float32 (N, S, S, 3), found (N,) bool).
+    """
+    from .preprocess import pad_to_square
+
+    out = np.empty((len(crops), crop_size, crop_size, 3), np.float32)
+    found = np.zeros(len(crops), bool)
+    for k, crop in enumerate(crops):
+        mask = _central_object_mask(np.asarray(crop))
+        if mask is not None:
+            out[k] = extract_head_crops(crop, mask.astype(np.int32), crop_size, head_fraction, align).images[0]
+            found[k] = True
+        else:
+            sq = pad_to_square(as_float_rgb(crop))
+            zoom = (crop_size / sq.shape[0], crop_size / sq.shape[1], 1)
+            out[k] = np.clip(ndi.zoom(sq, zoom, order=1, grid_mode=True, mode="nearest"), 0, 1)[:crop_size, :crop_size]
+    return out, found
 
 
 def estimate_head_fraction(crops: list[np.ndarray]) -> float:

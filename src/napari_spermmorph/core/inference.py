@@ -117,12 +117,36 @@ class Classifier:
     def normal_class(self) -> str | None:
         return next((c for c in self.class_names if c.lower() in ("normal", "normal_sperm")), None)
 
+    @property
+    def align_crops(self) -> bool:
+        """Whether the model was trained on aligned crops (major axis horizontal, see crops.normalise_crops)."""
+        return bool(self.meta.get("align_crops", False))
+
+    def prepare_crops(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray | Sequence[np.ndarray]:
+        """Ready-made crops (one head each, any size) -> the geometry of the model's training crops.
+
+        Field crops from ``extract_head_crops`` already have it; this is for crop folders and crop stacks.
+        """
+        if not self.align_crops:
+            return crops
+        from .crops import normalise_crops
+
+        return normalise_crops(crops, self.input_size, self.head_fraction, align=True)[0]
+
+    def predict_crops(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 32,
+                      tta: int | bool = 1) -> np.ndarray:
+        """``predict_proba`` for ready-made crops: ``prepare_crops`` first."""
+        return self.predict_proba(self.prepare_crops(crops), batch_size, tta)
+
     def to_tensor(self, crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
         return crops_to_tensor(crops, self.input_size)
 
     def predict_proba(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 32,
                       tta: int | bool = 1) -> np.ndarray:
-        """(N, K) class probabilities. ``tta``: number of dihedral views averaged (True = 8)."""
-        views = 8 if tta is True else max(1, int(tta))
+        """(N, K) class probabilities of field-geometry crops. ``tta``: dihedral views averaged (True = 4).
+
+        The first 4 views (identity, flips, 180 degrees) keep an aligned head's axis horizontal.
+        """
+        views = 4 if tta is True else max(1, int(tta))
         x = self.to_tensor(crops)
         return predict_logits(self.model, x, self.device, batch_size, views).numpy()

@@ -52,7 +52,7 @@ def class_distribution_png(samples: pd.DataFrame, class_names: Sequence[str]) ->
     from matplotlib.figure import Figure
 
     names = [str(s) for s in samples["sample"]]
-    fig = Figure(figsize=(7.5, 0.6 + 0.45 * len(names)), dpi=100)
+    fig = Figure(figsize=(7.5, 1.3 + 0.4 * len(names)), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     left = np.zeros(len(names))
@@ -64,8 +64,7 @@ def class_distribution_png(samples: pd.DataFrame, class_names: Sequence[str]) ->
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of heads")
     ax.invert_yaxis()
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(names) < 3 else -0.12),
-              ncol=min(len(class_names), 6), frameon=False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(class_names), 6), frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

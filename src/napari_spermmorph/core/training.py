@@ -98,20 +98,31 @@ TrainUpdate = PhaseStarted | BatchDone | EpochDone | TrainingFinished
 
 
 class _Best:
-    """Keeps the best weights seen so far (by validation macro-F1, then loss) and counts patience."""
+    """Keeps the best weights seen so far (by validation macro-F1, then loss) and counts patience.
+
+    Patience counts from the best epoch of the current phase: phase 2 starts below phase 1's best while the
+    unfrozen backbone adapts, and must not be stopped for that.
+    """
 
     def __init__(self) -> None:
         self.key: tuple[float, float] | None = None
+        self.phase_key: tuple[float, float] | None = None
         self.state: dict | None = None
         self.info: dict = {}
         self.since = 0
 
+    def new_phase(self) -> None:
+        self.phase_key, self.since = None, 0
+
     def offer(self, model: torch.nn.Module, f1: float, loss: float, info: dict) -> bool:
         key = (f1, -loss)
+        if self.phase_key is None or key > self.phase_key:
+            self.phase_key, self.since = key, 0
+        else:
+            self.since += 1
         if self.key is None or key > self.key:
-            self.key, self.state, self.info, self.since = key, copy.deepcopy(model.state_dict()), info, 0
+            self.key, self.state, self.info = key, copy.deepcopy(model.state_dict()), info
             return True
-        self.since += 1
         return False
 
 
@@ -173,7 +184,7 @@ def iter_training(
             runner = _phase1(model, x, y, config, device, gen)
         else:
             runner = _phase2(model, x, y, config, device, gen, from_scratch=not model.pretrained_backbone)
-        best.since = 0
+        best.new_phase()
         for epoch, epoch_iter in enumerate(runner(epochs)):
             t0 = time.perf_counter()
             losses, correct, seen = [], 0, 0
