@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         crops, found = normalise_crops(ds.load_images(), args.size, HEAD_FRACTION, align=True)
         print(f"head found and aligned in {found.mean():.1%} of crops", flush=True)
-        x = crops_to_tensor(crops, args.size)
+        x = crops_to_tensor(crops.images, args.size)
         y = ds.labels
         print(f"loaded {len(y)} images in {time.perf_counter() - t0:.0f}s", flush=True)
         for fold in (int(f) for f in args.folds.split(",")):  # fold-major: a partial run covers every model

@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     from napari_spermmorph.core.training import TrainConfig, checkpoint_meta, train_classifier
 
     ds = load_class_folders(root / args.dataset)
-    images, found = normalise_crops(ds.load_images(), args.size, HEAD_FRACTION, align=True)
+    crops, found = normalise_crops(ds.load_images(), args.size, HEAD_FRACTION, align=True)
+    images = crops.images
     spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS["effnet_cbam"])
     cfg = TrainConfig(spec=spec, seed=args.seed, **dataset_config(args.dataset))
     t0 = time.perf_counter()

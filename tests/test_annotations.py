@@ -78,6 +78,8 @@ def test_class_folder_dataset_is_added(field, tmp_path):
     f = field_from_heads(field.image, field.labels, {1: 1, 2: 2}, n_classes=2)
     ts = build_training_set([f], ["normal", "amorphous"], crop_size=32, folder=tmp_path)
     assert len(ts) == 8 and np.bincount(ts.labels).tolist() == [4, 4]
+    summary = ts.summary()
+    assert summary["folder_images"] == 6 and summary["folders"] == [str(tmp_path)] and len(summary["fields"]) == 1
     ts2 = build_training_set([], ["normal", "amorphous"], folder=tmp_path, folder_max_per_class=3)
     assert len(ts2) == 6
     with pytest.raises(AnnotationError, match="not among"):

@@ -209,5 +209,5 @@ def test_public_api_gives_the_batch_result(serial_run, tiny_model, fields):
     np.testing.assert_allclose(again.probs, res.probs, atol=1e-6)
     crops_table = sm.classify_crops(res.crops.images, model)
     assert len(crops_table) == len(res.table)
-    maps = sm.explain(res.crops.images[:2], model)
+    maps = np.stack(sm.explain(res.crops.images[:2], model))  # one map per crop, in its own geometry
     assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1

@@ -150,3 +150,13 @@ def test_unloadable_start_model(tset, tmp_path):
         next(iter_finetune(tset, bad, tmp_path, "x", tiny_config()))
     with pytest.raises(FineTuneError):
         start_info(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_memory_is_given_back(tset, tmp_path):
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    res = fine_tune(tset, IMAGENET, tmp_path, "gpu", tiny_config(device="cuda"), pretrained=False)
+    assert res.path is not None
+    assert torch.cuda.memory_allocated() == before
+    assert torch.cuda.memory_reserved() <= before + (2 << 20)

@@ -16,7 +16,7 @@ from qtpy.QtCore import QPoint, Qt, QTimer
 from qtpy.QtTest import QTest
 from scipy import ndimage as ndi
 
-from napari_spermmorph._widgets._layers import class_colors
+from napari_spermmorph._widgets._layers import as_features, class_colors
 from napari_spermmorph._widgets._models import session_models
 from napari_spermmorph._widgets.annotate_widget import HEADS, PAINTED, AnnotateClassesWidget
 from napari_spermmorph._widgets.train_widget import FineTuneWidget
@@ -41,7 +41,8 @@ def _add_field(viewer, seed: int):
     f = synthetic_field(shape=(320, 320), n_heads=8, seed=seed, touching_pairs=0)
     image = viewer.add_image(f.image, name=f"field {seed}")
     ids = np.unique(f.labels)[1:]
-    heads = viewer.add_labels(f.labels, name=f"heads {seed}", features=pd.DataFrame({"label": ids}))
+    # features as segmentation writes them ('index' maps rows to label values for napari)
+    heads = viewer.add_labels(f.labels, name=f"heads {seed}", features=as_features(pd.DataFrame({"label": ids})))
     return image, heads
 
 
@@ -105,6 +106,18 @@ def test_painted_annotation_counts(make_napari_viewer, qtbot):
     paint.data = painted
     w.refresh()
     assert w.counts() == {"normal": 4, "amorphous": 4}
+    assert w.table.item(0, 2).text() == "4"
+    # the fine-tune widget reads the painted layer (kind and class names from the layer) into a training set
+    ft = FineTuneWidget(viewer)
+    qtbot.addWidget(ft)
+    ft.set_start(IMAGENET)
+    ft.input_size.setValue(64)
+    ft.image_combo.setCurrentIndex(ft.image_combo.findText(image.name))
+    ft.labels_combo.setCurrentIndex(ft.labels_combo.findText(paint.name))
+    assert ft.classes_edit.text() == "normal, amorphous"
+    ts = ft.prepare()
+    assert ts is not None and np.bincount(ts.labels).tolist() == [4, 4], ft.status.text()
+    assert ts.images[0].shape == (64, 64, 3)
 
 
 def _train_widget(viewer, qtbot, tmp_path) -> FineTuneWidget:
@@ -154,7 +167,7 @@ def test_fine_tune_two_fields_sync(make_napari_viewer, qtbot, tmp_path):
     assert clf.class_names == NAMES and clf.input_size == 64
     assert clf.predict_proba(ts.images[:4]).shape == (4, 2)
     meta = read_metadata(res.path)
-    assert meta["training_data"]["n_images"] == 16 and len(meta["training_data"]["sources"]) == 2
+    assert meta["training_data"]["n_images"] == 16 and len(meta["training_data"]["fields"]) == 2
     # the new model is offered as a start model too
     assert w.start_combo.findData(str(res.path)) >= 0
 

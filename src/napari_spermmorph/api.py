@@ -105,22 +105,17 @@ def classify_crops(crops: np.ndarray | Sequence[np.ndarray], model: Classifier |
     from .core.pipeline import add_class_columns
 
     clf = _classifier(model)
-    probs = clf.predict_proba(crops, tta=tta)
+    probs = clf.predict_crops(crops, tta=tta)
     return add_class_columns(pd.DataFrame({"label": np.arange(1, len(probs) + 1)}), probs, clf.class_names,
                              min_confidence)
 
 
 def explain(crops: np.ndarray | Sequence[np.ndarray], model: Classifier | str | Path | None = None,
             target: str | int | None = None, method: str = "gradcam++") -> np.ndarray:
-    """Grad-CAM++ maps (N, S, S) in [0, 1] (``method="cbam"``: the CBAM spatial attention instead)."""
-    from .core import explain as ex
+    """Grad-CAM++ maps in [0, 1], one per crop in that crop's geometry (``method="cbam"``: CBAM attention)."""
+    from .core.explain import explain_crops
 
-    clf = _classifier(model)
-    if method == "cbam":
-        return ex.cbam_attention(clf, crops)
-    if method not in ("gradcam++", "gradcampp"):
-        raise ValueError(f"unknown method {method!r}: use 'gradcam++' or 'cbam'")
-    return ex.gradcam_pp(clf, crops, target=target)
+    return explain_crops(_classifier(model), crops, target=target, method=method)
 
 
 def fine_tune(training_set, source: str | Path, out_folder: str | Path, name: str, config=None,

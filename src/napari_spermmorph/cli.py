@@ -101,7 +101,7 @@ def evaluate_dataset(clf, ds, tta: int = 1, batch: int = 256) -> dict:
     preds = []
     for i in range(0, len(ds), batch):
         imgs = [read_image(f) for f in ds.files[i : i + batch]]
-        preds.append(clf.predict_proba(imgs, tta=tta).argmax(1))
+        preds.append(clf.predict_crops(imgs, tta=tta).argmax(1))
     y_pred = np.concatenate(preds)
     return classification_metrics(ds.labels, y_pred, ds.class_names)
 

@@ -28,11 +28,22 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.annotations import ANNOTATED_CLASS, AnnotationError, class_counts, field_from_class_paint, parse_class_names
-from ._layers import class_colormap, class_colors, layer_combo, layer_data, spatial_kwargs, unique_name
+from ._layers import (
+    TAG,
+    as_features,
+    class_colormap,
+    class_colors,
+    layer_combo,
+    layer_data,
+    spatial_kwargs,
+    unique_name,
+)
+from ._models import models_changed, session_models
 
 HEADS = "Heads layer: click a head, press 1..K"
 PAINTED = "Class-painted layer (value c = class c)"
 CLASS_NAMES_KEY = "class_names"
+KIND_KEY = "annotation_kind"
 UNANNOTATED = (0.85, 0.85, 0.85, 0.45)
 MAX_KEYS = 9
 
@@ -48,11 +59,16 @@ def default_class_names() -> list[str]:
 
 
 def annotation_kind(layer) -> str:
-    """A layer with a per-head ``label`` table (segmentation output) is a heads layer, else class-painted."""
+    """HEADS or PAINTED: the user's choice in the annotator if made, else heads when the layer has a per-head
+    ``label`` table or was made by segmentation, else class-painted."""
+    meta = layer.metadata if isinstance(layer.metadata, dict) else {}
+    if meta.get(KIND_KEY) in (HEADS, PAINTED):
+        return meta[KIND_KEY]
     feats = getattr(layer, "features", None)
     if feats is not None and "label" in getattr(feats, "columns", ()):
         return HEADS
-    return HEADS if ANNOTATED_CLASS in (layer.metadata or {}) else PAINTED
+    tag = meta.get(TAG)
+    return HEADS if isinstance(tag, dict) and tag.get("kind") == "heads" else PAINTED
 
 
 class AnnotateClassesWidget(QWidget):
@@ -100,12 +116,13 @@ class AnnotateClassesWidget(QWidget):
         self._debounce.setInterval(300)
         self._debounce.timeout.connect(self.refresh)
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
-        self.kind_combo.currentIndexChanged.connect(lambda *_: self.refresh())
+        self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
         self.classes_edit.editingFinished.connect(self._on_names_edited)
         self.use_model_button.clicked.connect(self._use_model_classes)
         self.start_button.toggled.connect(self._on_start_toggled)
         self.new_layer_button.clicked.connect(self.new_paint_layer)
         self._fill_models()
+        models_changed.connect(self._fill_models)
         self._watched = None
         self._on_layer_changed()
 
@@ -132,7 +149,6 @@ class AnnotateClassesWidget(QWidget):
 
     def _fill_models(self) -> None:
         from ..core.registry import shipped_models
-        from ._models import session_models
 
         self.model_combo.clear()
         for m in shipped_models():
@@ -151,6 +167,12 @@ class AnnotateClassesWidget(QWidget):
             self.set_class_names(start_info(source).class_names)
         except FineTuneError as exc:
             self.status.setText(str(exc))
+
+    def _on_kind_changed(self, *_args) -> None:
+        layer = self.layer()
+        if layer is not None and annotation_kind(layer) != self.kind_combo.currentText():
+            layer.metadata = {**layer.metadata, KIND_KEY: self.kind_combo.currentText()}
+        self.refresh()
 
     def _schedule_refresh(self, event=None) -> None:
         """Counts follow painting, at most every 300 ms (counting regions of a big layer is not free)."""
@@ -176,7 +198,9 @@ class AnnotateClassesWidget(QWidget):
             return
         layer.events.paint.connect(self._schedule_refresh)
         layer.events.data.connect(self._schedule_refresh)
+        self.kind_combo.blockSignals(True)
         self.kind_combo.setCurrentText(annotation_kind(layer))
+        self.kind_combo.blockSignals(False)
         names = layer.metadata.get(CLASS_NAMES_KEY) if isinstance(layer.metadata, dict) else None
         if names:
             self.classes_edit.setText(", ".join(names))
@@ -198,6 +222,7 @@ class AnnotateClassesWidget(QWidget):
         layer.colormap = class_colormap(self.class_names())
         self.layer_combo.setCurrentIndex(self.layer_combo.findText(layer.name))
         self.kind_combo.setCurrentText(PAINTED)
+        layer.metadata = {**layer.metadata, KIND_KEY: PAINTED}
         layer.mode = "paint"
         layer.selected_label = 1
         return layer
@@ -212,6 +237,12 @@ class AnnotateClassesWidget(QWidget):
     def start(self) -> None:
         """Make the chosen heads layer answer clicks (select a head) and keys 1..K (set its class)."""
         layer = self.layer()
+        try:
+            k = len(self.class_names())
+        except AnnotationError as exc:
+            self.status.setText(str(exc))
+            self.start_button.setChecked(False)
+            return
         if layer is None or self.kind_combo.currentText() != HEADS:
             self.status.setText("Choose a heads labels layer (annotation: heads) to annotate by clicking.")
             self.start_button.setChecked(False)
@@ -228,7 +259,6 @@ class AnnotateClassesWidget(QWidget):
         self.start_button.setText("Stop annotating")
         if not self.start_button.isChecked():
             self.start_button.setChecked(True)
-        k = len(self.class_names())
         self.status.setText(f"Click a head, then press 1..{min(k, MAX_KEYS)} for its class (0 clears).")
         self.refresh()
 
@@ -277,18 +307,23 @@ class AnnotateClassesWidget(QWidget):
     def annotate(self, label: int, cls: int) -> None:
         """Set head ``label``'s class to ``cls`` (1..K; 0 clears) in the active heads layer."""
         layer = self._active or self.layer()
-        k = len(self.class_names())
-        if layer is None or label <= 0 or not 0 <= cls <= k:
+        try:
+            names = self.class_names()
+        except AnnotationError as exc:
+            self.status.setText(str(exc))
+            return
+        if layer is None or label <= 0 or not 0 <= cls <= len(names):
             return
         if not np.any(layer_data(layer) == label):
             self.status.setText(f"There is no head {label} in {layer.name}; click a head first.")
             return
         feats = _ensure_features(layer)
         if not (feats["label"] == label).any():
-            feats = pd.concat([feats, pd.DataFrame({"label": [label], ANNOTATED_CLASS: [0]})], ignore_index=True)
+            row = {c: [label] if c in ("label", "index") else [pd.NA] for c in feats.columns}
+            row[ANNOTATED_CLASS] = [0]
+            feats = pd.concat([feats, pd.DataFrame(row)], ignore_index=True)
         feats.loc[feats["label"] == label, ANNOTATED_CLASS] = cls
         layer.features = feats
-        names = self.class_names()
         self.status.setText(f"Head {label}: {names[cls - 1] if cls else 'not annotated'}.")
         self.refresh()
 
@@ -369,7 +404,7 @@ def _ensure_features(layer) -> pd.DataFrame:
     feats = layer.features.copy()
     if "label" not in feats.columns:
         ids = np.unique(layer_data(layer))
-        feats = pd.DataFrame({"label": ids[ids > 0].astype(int)})
+        feats = as_features(pd.DataFrame({"label": ids[ids > 0].astype(int)}))
     if ANNOTATED_CLASS not in feats.columns:
         feats[ANNOTATED_CLASS] = 0
     feats[ANNOTATED_CLASS] = feats[ANNOTATED_CLASS].fillna(0).astype(int)

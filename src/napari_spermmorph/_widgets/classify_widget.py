@@ -438,15 +438,17 @@ def _classify_crops(clf, crops, label_ids, opts, stop, batch_size: int = 32):
     """A crop stack (N, H, W[, C]): probabilities, then optional maps aligned with the crops."""
     import pandas as pd
 
-    from ..core.explain import cbam_attention, gradcam_pp
+    from ..core.explain import explain_crops
     from ..core.pipeline import add_class_columns
 
     n = len(crops)
+    yield Progress(0, n, "Preparing crops (centre, align, scale)...")
+    prepared = clf.prepare_crops(list(crops)).images
     probs = []
     for i in range(0, n, batch_size):
         stop.check()
         yield Progress(i, n, f"Classifying crops {i + 1}-{min(i + batch_size, n)} of {n}...")
-        probs.append(clf.predict_proba(crops[i : i + batch_size], tta=opts["tta"]))
+        probs.append(clf.predict_proba(prepared[i : i + batch_size], tta=opts["tta"]))
     probs = np.concatenate(probs) if probs else np.zeros((0, len(clf.class_names)))
     ids = np.asarray(label_ids, dtype=int) if label_ids is not None and len(label_ids) == n else np.arange(1, n + 1)
     table = add_class_columns(pd.DataFrame({"label": ids, "frame": np.arange(n)}), probs,
@@ -457,10 +459,10 @@ def _classify_crops(clf, crops, label_ids, opts, stop, batch_size: int = 32):
         for i in range(0, n, batch_size):
             stop.check()
             yield Progress(i, n, f"Grad-CAM++ {i + 1}-{min(i + batch_size, n)} of {n}...")
-            maps.append(gradcam_pp(clf, crops[i : i + batch_size], target=opts["target"]))
-        out["heatmap"] = np.concatenate(maps)
+            maps += explain_crops(clf, list(crops[i : i + batch_size]), target=opts["target"])
+        out["heatmap"] = np.stack(maps)
     if opts["attention"] and clf.spec.cbam:
         stop.check()
-        out["attention"] = cbam_attention(clf, crops)
+        out["attention"] = np.stack(explain_crops(clf, list(crops), method="cbam"))
     yield Progress(n, n, "Done.")
     return out

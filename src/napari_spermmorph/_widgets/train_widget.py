@@ -200,6 +200,8 @@ class FineTuneWidget(QWidget):
         self.train_button.clicked.connect(self.train)
         self.stop_button.clicked.connect(self.stop)
         models_changed.connect(self._fill_start_models)
+        stop = self.stop_flag
+        self.destroyed.connect(lambda *_: stop.set())  # closing the widget ends a running training cleanly
         self._fill_start_models()
         self._labels_changed()
 

@@ -65,8 +65,11 @@ class TrainingSet:
 
     def summary(self) -> dict:
         """A JSON-able description, stored in the fine-tuned checkpoint's metadata."""
+        files = [s for s in self.sources if " head " not in s]
         return {"n_images": len(self), "counts_train_val": {k: list(v) for k, v in self.counts().items()},
-                "sources": sorted({s.split(" head ")[0] for s in self.sources}), "notes": list(self.notes)}
+                "fields": sorted({s.split(" head ")[0] for s in self.sources if " head " in s}),
+                "folder_images": len(files), "folders": sorted({str(Path(f).parent.parent) for f in files}),
+                "notes": list(self.notes)}
 
 
 def parse_class_names(text: str) -> list[str]:

@@ -492,7 +492,7 @@ def _process_crops(job: Job, s: BatchSettings, clf: Classifier) -> Outcome:
             errors.append((str(f), _reason(exc)))
     if not images:
         return Outcome(job, "error", "no readable crops in the folder", file_errors=errors)
-    x = clf.to_tensor(images).permute(0, 2, 3, 1).numpy()  # (N, S, S, 3) in [0, 1] at the model's size
+    x = clf.prepare_crops(images).images  # (N, S, S, 3): the model's crop geometry (centred, aligned, scaled)
     probs = clf.predict_proba(x, tta=s.tta)
     base = pd.DataFrame({"image": job.stem, "sample": job.sample, "label": np.arange(1, len(names) + 1),
                          "file": [str(f) for f in names]})

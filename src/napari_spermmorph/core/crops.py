@@ -16,7 +16,9 @@ from scipy import ndimage as ndi
 
 from .images import as_float_rgb, stain_channel
 
-__all__ = ["CropTransform", "HeadCrops", "extract_head_crops", "paste_to_field", "estimate_head_fraction", "normalise_crops"]
+__all__ = [
+    "CropTransform", "HeadCrops", "extract_head_crops", "paste_to_field", "estimate_head_fraction", "normalise_crops",
+]
 
 
 @dataclass(frozen=True)
@@ -188,27 +190,38 @@ def _central_object_length(crop: np.ndarray) -> float | None:
     return None if mask is None else _head_geometry(mask, 0, 0)[2]
 
 
-def normalise_crops(crops, crop_size: int, head_fraction: float, align: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def normalise_crops(
+    crops, crop_size: int, head_fraction: float, align: bool = True, find_head: bool = True
+) -> tuple[HeadCrops, np.ndarray]:
     """Give ready-made crops (HuSHeM/SMIDS style, any size) the geometry of field crops.
 
     The central head is found, then cut with ``extract_head_crops``: centred, aligned and scaled to
-    ``head_fraction``, exactly as heads in a field are. Crops without a findable head are padded to a square
-    and resized instead. Returns (float32 (N, S, S, 3), found (N,) bool).
+    ``head_fraction``, exactly as heads in a field are. Crops without a findable head (or all, when
+    ``find_head`` is False) are padded to a square and resized instead. Each crop's transform maps the
+    result back onto the original crop (``paste_to_field``), e.g. for heatmaps.
+    Returns (HeadCrops with ``label_ids`` = crop index, found (N,) bool).
     """
     from .preprocess import pad_to_square
 
-    out = np.empty((len(crops), crop_size, crop_size, 3), np.float32)
-    found = np.zeros(len(crops), bool)
+    n, s = len(crops), int(crop_size)
+    out = np.empty((n, s, s, 3), np.float32)
+    found = np.zeros(n, bool)
+    tfs: list[CropTransform] = []
     for k, crop in enumerate(crops):
-        mask = _central_object_mask(np.asarray(crop))
+        crop = np.asarray(crop)
+        mask = _central_object_mask(crop) if find_head else None
         if mask is not None:
-            out[k] = extract_head_crops(crop, mask.astype(np.int32), crop_size, head_fraction, align).images[0]
-            found[k] = True
-        else:
-            sq = pad_to_square(as_float_rgb(crop))
-            zoom = (crop_size / sq.shape[0], crop_size / sq.shape[1], 1)
-            out[k] = np.clip(ndi.zoom(sq, zoom, order=1, grid_mode=True, mode="nearest"), 0, 1)[:crop_size, :crop_size]
-    return out, found
+            got = extract_head_crops(crop, mask.astype(np.int32), s, head_fraction, align)
+            out[k], found[k] = got.images[0], True
+            tfs.append(got.transforms[0])
+            continue
+        sq = pad_to_square(as_float_rgb(crop))
+        side = sq.shape[0]
+        zoom = (s / side, s / side, 1)
+        out[k] = np.clip(ndi.zoom(sq, zoom, order=1, grid_mode=True, mode="nearest"), 0, 1)[:s, :s]
+        h, w = crop.shape[:2]
+        tfs.append(CropTransform((h - 1) / 2, (w - 1) / 2, 0.0, side / s, s, 0))
+    return HeadCrops(out, np.arange(n, dtype=np.int64), tfs), found
 
 
 def estimate_head_fraction(crops: list[np.ndarray]) -> float:

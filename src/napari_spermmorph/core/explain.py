@@ -161,3 +161,25 @@ def cbam_attention(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarr
     finally:
         model.train(was_training)
     return np.concatenate(out)
+
+
+def explain_crops(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarray], target=None,
+                  method: str = "gradcam++", batch_size: int = 32) -> list[np.ndarray]:
+    """Maps for ready-made crops, each returned in its own crop's geometry (same height and width).
+
+    The crops are brought to the model's training geometry (``Classifier.prepare_crops``: centred, aligned,
+    scaled), explained there, and each map is warped back onto its original crop.
+    """
+    from .crops import paste_to_field
+
+    if method not in ("gradcam++", "cbam"):
+        raise ValueError(f"unknown method {method!r}: use 'gradcam++' or 'cbam'")
+    if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[-1] in (3, 4):
+        crops = [crops]
+    prep = classifier.prepare_crops(crops)
+    if method == "cbam":
+        maps = cbam_attention(classifier, prep.images)
+    else:
+        maps = gradcam_pp(classifier, prep.images, target=target, batch_size=batch_size)
+    return [paste_to_field(maps[i : i + 1], [tf], np.asarray(c).shape[:2], dilate_px=0)
+            for i, (tf, c) in enumerate(zip(prep.transforms, crops))]

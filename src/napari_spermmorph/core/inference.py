@@ -10,7 +10,7 @@ import torch
 
 from .checkpoints import CheckpointError, load_checkpoint
 from .models import ModelSpec, SpermClassifierNet, build_model
-from .preprocess import crops_to_tensor, normalise
+from .preprocess import _is_stack, crops_to_tensor, normalise
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -122,21 +122,22 @@ class Classifier:
         """Whether the model was trained on aligned crops (major axis horizontal, see crops.normalise_crops)."""
         return bool(self.meta.get("align_crops", False))
 
-    def prepare_crops(self, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray | Sequence[np.ndarray]:
-        """Ready-made crops (one head each, any size) -> the geometry of the model's training crops.
+    def prepare_crops(self, crops: Sequence[np.ndarray] | np.ndarray):
+        """Ready-made crops (one head each, any size) -> ``HeadCrops`` in the model's training geometry.
 
         Field crops from ``extract_head_crops`` already have it; this is for crop folders and crop stacks.
+        The transforms map per-crop results (heatmaps) back onto the original crops.
         """
-        if not self.align_crops:
-            return crops
         from .crops import normalise_crops
 
-        return normalise_crops(crops, self.input_size, self.head_fraction, align=True)[0]
+        if isinstance(crops, np.ndarray) and crops.ndim in (2, 3) and not _is_stack(crops):
+            crops = [crops]
+        return normalise_crops(crops, self.input_size, self.head_fraction, align=True, find_head=self.align_crops)[0]
 
     def predict_crops(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 32,
                       tta: int | bool = 1) -> np.ndarray:
         """``predict_proba`` for ready-made crops: ``prepare_crops`` first."""
-        return self.predict_proba(self.prepare_crops(crops), batch_size, tta)
+        return self.predict_proba(self.prepare_crops(crops).images, batch_size, tta)
 
     def to_tensor(self, crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
         return crops_to_tensor(crops, self.input_size)

@@ -35,8 +35,8 @@ class TrainConfig:
     phase1_epochs: int = 25
     phase2_epochs: int = 20
     lr_phase1: float = 1e-3
-    lr_phase2_head: float = 3e-4
-    lr_phase2_backbone: float = 1e-4
+    lr_phase2_head: float = 1e-3
+    lr_phase2_backbone: float = 3e-4
     weight_decay: float = 1e-4
     batch_size: int = 32
     patience: int = 6
