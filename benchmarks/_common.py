@@ -20,6 +20,14 @@ def data_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else (REPO.parent / "shared" / "data")
 
 
+def shown_path(path: Path) -> str:
+    """A data path as written into results: relative to the repository when possible (no machine paths)."""
+    try:
+        return os.path.relpath(Path(path).resolve(), REPO)
+    except ValueError:
+        return str(path)
+
+
 def require_data(path: Path) -> None:
     """Exit cleanly (status 0, message) when the benchmark's data are missing."""
     if not path.exists():

@@ -29,7 +29,6 @@ MODELS = {
     "effnet_cbam": dict(arch="efficientnet", cbam=True),
 }
 LABELS = {"simplecnn": "SimpleCNN (scratch)", "effnet": "EfficientNet-Lite0", "effnet_cbam": "EfficientNet-Lite0 + CBAM"}
-HEAD_FRACTION = 0.5  # head length / crop side of the crops every model sees (fields are cut the same way)
 PAPER = {"hushem": (0.939, 0.948), "smids": (0.902, 0.913)}
 
 
@@ -154,7 +153,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    from napari_spermmorph.core.crops import normalise_crops
+    from napari_spermmorph.core.crops import DEFAULT_HEAD_FRACTION, normalise_crops
     from napari_spermmorph.core.preprocess import crops_to_tensor
 
     ds, folds = load_dataset(root, args.dataset)
@@ -162,7 +161,7 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:
         t0 = time.perf_counter()
-        crops, found = normalise_crops(ds.load_images(), args.size, HEAD_FRACTION, align=True)
+        crops, found = normalise_crops(ds.load_images(), args.size, DEFAULT_HEAD_FRACTION, align=True)
         print(f"head found and aligned in {found.mean():.1%} of crops", flush=True)
         x = crops_to_tensor(crops.images, args.size)
         y = ds.labels

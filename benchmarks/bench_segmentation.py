@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import data_dir, machine_description, md_table, require_data, write_results  # noqa: E402
+from _common import data_dir, machine_description, md_table, require_data, shown_path, write_results  # noqa: E402
 
 HEAD_PARTS = ("Nucleus", "Acrosome", "Vacuole")
 
@@ -131,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()
     md = (
         "# Segmentation benchmark (Sperm Parsing train fields)\n\n"
-        f"Data: `{root}`; {len(files)} fields of 1280x1024. Default parameters "
+        f"Data: `{shown_path(root)}`; {len(files)} fields of 1280x1024. Default parameters "
         f"(pixel size {DEFAULT_PIXEL_SIZE_UM} um/px, exclude_border={args.exclude_border}); "
         "tuned on the first half only.\n"
         "Targets: F1 >= 0.95, mean matched IoU >= 0.85, <= 0.3 s per field.\n\n"
         f"{table}\n\nMachine: {machine}\n"
     )
-    payload = {"machine": machine, "data": str(root), "exclude_border": args.exclude_border,
+    payload = {"machine": machine, "data": shown_path(root), "exclude_border": args.exclude_border,
                "params": params.__dict__, "results": results}
     write_results("segmentation", payload, md)
     print(md)

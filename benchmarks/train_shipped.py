@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, require_data  # noqa: E402
-from bench_classifier import HEAD_FRACTION, MODELS, dataset_config  # noqa: E402
+from bench_classifier import MODELS, dataset_config  # noqa: E402
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
@@ -37,14 +37,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     from napari_spermmorph.core.checkpoints import save_checkpoint
-    from napari_spermmorph.core.crops import normalise_crops
+    from napari_spermmorph.core.crops import DEFAULT_HEAD_FRACTION, normalise_crops
     from napari_spermmorph.core.datasets import load_class_folders
     from napari_spermmorph.core.models import ModelSpec
     from napari_spermmorph.core.registry import WEIGHTS_DIR, register
     from napari_spermmorph.core.training import TrainConfig, checkpoint_meta, train_classifier
 
     ds = load_class_folders(root / args.dataset)
-    crops, found = normalise_crops(ds.load_images(), args.size, HEAD_FRACTION, align=True)
+    crops, found = normalise_crops(ds.load_images(), args.size, DEFAULT_HEAD_FRACTION, align=True)
     images = crops.images
     spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS["effnet_cbam"])
     cfg = TrainConfig(spec=spec, seed=args.seed, **dataset_config(args.dataset))
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
             print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f} val f1 {u.val_macro_f1:.3f}", flush=True)
 
     res = train_classifier(images, ds.labels, cfg, on_update=show)
-    head_fraction = HEAD_FRACTION
+    head_fraction = DEFAULT_HEAD_FRACTION
     cv_file = RESULTS / f"classifier_{args.dataset}_{args.size}.json"
     cv = json.loads(cv_file.read_text())["models"] if cv_file.exists() else {}
     name = NAMES[args.dataset]

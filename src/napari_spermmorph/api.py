@@ -61,12 +61,13 @@ def measure(labels: np.ndarray, pixel_size_um: float | None = None) -> pd.DataFr
     return measure_heads(labels, pixel_size_um)
 
 
-def crop(image: np.ndarray, labels: np.ndarray, crop_size: int = 128, head_fraction: float = 0.55,
+def crop(image: np.ndarray, labels: np.ndarray, crop_size: int = 128, head_fraction: float | None = None,
          align: bool = True) -> HeadCrops:
-    """Centred, aligned head crops (``HeadCrops``: images, label_ids, transforms)."""
-    from .core.crops import extract_head_crops
+    """Centred, aligned head crops (``HeadCrops``: images, label_ids, transforms); head_fraction defaults to the
+    ratio every shipped model was trained at."""
+    from .core.crops import DEFAULT_HEAD_FRACTION, extract_head_crops
 
-    return extract_head_crops(image, labels, crop_size, head_fraction, align)
+    return extract_head_crops(image, labels, crop_size, head_fraction or DEFAULT_HEAD_FRACTION, align)
 
 
 def load_model(name_or_path: str | Path, device: str = "auto") -> Classifier:

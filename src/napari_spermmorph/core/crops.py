@@ -16,6 +16,10 @@ from scipy import ndimage as ndi
 
 from .images import as_float_rgb, stain_channel
 
+#: Head length / crop side for every crop a model sees: field crops, training crops and ready-made crops
+#: (normalise_crops) are all cut to it, so the classifier always sees heads at the same relative size.
+DEFAULT_HEAD_FRACTION = 0.5
+
 __all__ = [
     "CropTransform", "HeadCrops", "extract_head_crops", "paste_to_field", "estimate_head_fraction", "normalise_crops",
 ]
@@ -84,7 +88,7 @@ def extract_head_crops(
     image: np.ndarray,
     labels: np.ndarray,
     crop_size: int = 128,
-    head_fraction: float = 0.55,
+    head_fraction: float = DEFAULT_HEAD_FRACTION,
     align: bool = True,
 ) -> HeadCrops:
     """Crop every labelled head: centred, rotated (``align``) and scaled so length = head_fraction * S."""

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .checkpoints import CheckpointError, load_checkpoint
+from .crops import DEFAULT_HEAD_FRACTION
 from .models import ModelSpec, SpermClassifierNet, build_model
 from .preprocess import _is_stack, crops_to_tensor, normalise
 
@@ -116,7 +117,7 @@ class Classifier:
     @property
     def head_fraction(self) -> float:
         """Head length / crop side of the training crops: field crops are cut to match it."""
-        return float(self.meta.get("head_fraction", 0.5))
+        return float(self.meta.get("head_fraction", DEFAULT_HEAD_FRACTION))
 
     @property
     def normal_class(self) -> str | None:
