@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         "--widgets", nargs="*", default=list(DEFAULT_WIDGETS), help="dock widget display names"
     )
     parser.add_argument("--size", type=int, nargs=2, default=(1500, 950), metavar=("W", "H"))
+    parser.add_argument("--run", action="store_true",
+                        help="run segmentation and classification + Grad-CAM++ before the screenshot")
     args = parser.parse_args(argv)
 
     if os.environ.get("QT_QPA_PLATFORM") == "offscreen" and not os.environ.get("DISPLAY"):
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari._qt import qt_main_window
     from PIL import Image
     from qtpy.QtWidgets import QApplication
+
+    import torch  # noqa: F401 - before the OpenGL canvas exists (see _widgets/_torch_guard.py)
 
     # napari shows a PyQt5 deprecation toast over the canvas; napari's test fixture turns it off the same way.
     qt_main_window.SHOW_QT_WARNING = False
@@ -62,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         docks[0].raise_()  # show the first widget's tab, not the last one added
 
     app = QApplication.instance()
+    if args.run:
+        _run_pipeline(viewer, dict(zip(added, docks)))
     _settle(app)
     viewer.reset_view()
     _settle(app)
@@ -72,6 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out} with widgets {added}")
     viewer.close()
     return 0
+
+
+def _run_pipeline(viewer, docks: dict) -> None:
+    """Drive the widgets as a user would (synchronously): segment, then classify and explain."""
+    seg = docks["Segment and crop heads"].widget()
+    clf = docks["Classify and explain"].widget()
+    image = viewer.layers[0]
+    seg.run(image_layer=image, use_thread=False)
+    heads = next(layer for layer in viewer.layers if layer.name.endswith(" heads"))
+    clf.set_layers(image, heads)
+    clf.run(use_thread=False)
+    for layer in [lyr for lyr in viewer.layers if lyr.name.endswith("head crops")]:
+        viewer.layers.remove(layer)  # a stack would add a slider and shift the view; the widget test covers it
+    docks["Classify and explain"].raise_()
 
 
 if __name__ == "__main__":
