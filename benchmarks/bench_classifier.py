@@ -28,7 +28,8 @@ MODELS = {
     "effnet": dict(arch="efficientnet", cbam=False),
     "effnet_cbam": dict(arch="efficientnet", cbam=True),
 }
-LABELS = {"simplecnn": "SimpleCNN (scratch)", "effnet": "EfficientNet-Lite0", "effnet_cbam": "EfficientNet-Lite0 + CBAM"}
+LABELS = {"simplecnn": "SimpleCNN (scratch)", "effnet": "EfficientNet-Lite0",
+          "effnet_cbam": "EfficientNet-Lite0 + CBAM"}
 PAPER = {"hushem": (0.939, 0.948), "smids": (0.902, 0.913)}
 
 
@@ -100,10 +101,10 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
 
 def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
     from napari_spermmorph.core.evaluation import mean_std
-
     from napari_spermmorph.core.training import TrainConfig
 
-    recipe = {**TrainConfig().to_dict(), **dataset_config(ds_name), "simplecnn_epochs_patience": scratch_epochs(ds_name)}
+    recipe = {**TrainConfig().to_dict(), **dataset_config(ds_name),
+              "simplecnn_epochs_patience": scratch_epochs(ds_name)}
     recipe.pop("spec")
     rows = []
     payload = {"dataset": ds_name, "input_size": size, "machine": machine_description(), "recipe": recipe, "models": {}}

@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     cv = json.loads(cv_file.read_text())["models"] if cv_file.exists() else {}
     name = NAMES[args.dataset]
     meta = checkpoint_meta(
-        res, ds.class_names, cfg, name=name, label_scheme=SCHEMES[args.dataset], head_fraction=head_fraction, align_crops=True,
+        res, ds.class_names, cfg, name=name, label_scheme=SCHEMES[args.dataset], head_fraction=head_fraction,
+        align_crops=True,
         crops_with_head_found=float(found.mean()),
         training_data=f"{SCHEMES[args.dataset]} development portion, {len(ds)} images (folders {ds.folder_names})",
         protocol="all development images; 15% stratified validation split for early stopping",

@@ -40,11 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import napari
+    import torch  # noqa: F401 - before the OpenGL canvas exists (see _widgets/_torch_guard.py)
     from napari._qt import qt_main_window
     from PIL import Image
     from qtpy.QtWidgets import QApplication
-
-    import torch  # noqa: F401 - before the OpenGL canvas exists (see _widgets/_torch_guard.py)
 
     # napari shows a PyQt5 deprecation toast over the canvas; napari's test fixture turns it off the same way.
     qt_main_window.SHOW_QT_WARNING = False

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .crops import DEFAULT_HEAD_FRACTION
+
 MIN_PER_CLASS = 3  # two to train on and one to validate on
 ANNOTATED_CLASS = "annotated_class"  # features column of a heads layer: class 1..K, 0 = not annotated
 
@@ -45,7 +47,7 @@ class TrainingSet:
     sources: list[str]  # where each example came from: "<field> head <id>" or a file path
     train_idx: np.ndarray
     val_idx: np.ndarray
-    head_fraction: float = 0.5
+    head_fraction: float = DEFAULT_HEAD_FRACTION
     crop_size: int = 128
     notes: list[str] = field(default_factory=list)
 
@@ -164,7 +166,7 @@ def build_training_set(
     fields: Sequence[AnnotatedField],
     class_names: Sequence[str],
     crop_size: int = 128,
-    head_fraction: float = 0.5,
+    head_fraction: float = DEFAULT_HEAD_FRACTION,
     folder: str | Path | None = None,
     folder_max_per_class: int | None = None,
     val_fraction: float = 0.2,

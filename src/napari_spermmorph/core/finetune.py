@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .annotations import TrainingSet
+from .crops import DEFAULT_HEAD_FRACTION
 
 IMAGENET = "imagenet:tf_efficientnet_lite0"
 IMAGENET_LABEL = "ImageNet backbone (EfficientNet-Lite0)"
@@ -60,7 +61,8 @@ def start_sources() -> list[str]:
     return [m["name"] for m in shipped_models()] + [IMAGENET]
 
 
-def start_info(source: str | Path, input_size: int = 128, default_head_fraction: float = 0.5) -> StartInfo:
+def start_info(source: str | Path, input_size: int = 128,
+               default_head_fraction: float = DEFAULT_HEAD_FRACTION) -> StartInfo:
     """Class names, input size and head fraction of a start model (cheap: reads the checkpoint header)."""
     if str(source) == IMAGENET:
         return StartInfo(IMAGENET, [], int(input_size), float(default_head_fraction), "imagenet-lite0")
