@@ -70,15 +70,6 @@ def _classify_widget(viewer, tiny_ckpt, prefer_shipped=True):
     return w
 
 
-def test_dock_via_manifest(make_napari_viewer):
-    from napari_spermmorph._widgets.classify_widget import ClassifyWidget
-
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-spermmorph", "Classify and explain")
-    assert isinstance(w, ClassifyWidget)
-    assert w.model_combo.count() >= 1 and w.device_combo.findText("cpu") >= 0
-
-
 def _peak_in_head_fraction(heat: np.ndarray, labels: np.ndarray, grow: int = 3) -> float:
     """For each head: is the heatmap's peak in its neighbourhood inside the head dilated by ``grow`` px?"""
     hits, n = 0, 0

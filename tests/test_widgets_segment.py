@@ -21,14 +21,6 @@ def _widget(viewer):
     return w
 
 
-def test_dock_via_manifest(make_napari_viewer):
-    from napari_spermmorph._widgets.segment_widget import SegmentHeadsWidget
-
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-spermmorph", "Segment and crop heads")
-    assert isinstance(w, SegmentHeadsWidget)
-
-
 def test_segment_synthetic_field(make_napari_viewer, field):
     viewer = make_napari_viewer()
     img = viewer.add_image(field.image, rgb=True, name="field", scale=(field.pixel_size_um,) * 2,

@@ -25,14 +25,6 @@ def _heads_layer(viewer):
                              translate=(10.0, 20.0))
 
 
-def test_dock_via_manifest(make_napari_viewer):
-    from napari_spermmorph._widgets.table_widget import ResultsTableWidget
-
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-spermmorph", "Results table")
-    assert isinstance(w, ResultsTableWidget)
-
-
 def test_table_sort_filter_select_export(make_napari_viewer, tmp_path):
     from napari_spermmorph._widgets.table_widget import ResultsTableWidget
 
