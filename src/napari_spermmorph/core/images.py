@@ -32,6 +32,19 @@ def _check_basic(image: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _white_level(arr: np.ndarray, type_max: int) -> int:
+    """The camera's full scale: 10-, 12- and 14-bit sensors are stored in uint16 but never reach 65535, so
+    dividing by the type's maximum would give a nearly black image. The smallest common bit depth that holds
+    the data is taken as white (8-bit data keep 255)."""
+    if type_max <= 255:
+        return type_max
+    top = int(arr.max()) if arr.size else 0
+    for bits in (10, 12, 14, 16):
+        if top <= (1 << bits) - 1:
+            return min((1 << bits) - 1, type_max)
+    return type_max
+
+
 def _to_unit_float(arr: np.ndarray) -> np.ndarray:
     """Scale to [0, 1]: integers by their type's range, floats kept when already in [0, 1].
 
@@ -44,7 +57,7 @@ def _to_unit_float(arr: np.ndarray) -> np.ndarray:
         if info.min < 0:
             out = (out - info.min) / float(info.max - info.min)
         else:
-            out /= float(info.max)
+            out /= float(_white_level(arr, info.max))
         return out
     out = arr.astype(np.float32, copy=True)
     finite = np.isfinite(out)
@@ -68,8 +81,8 @@ def _to_unit_float(arr: np.ndarray) -> np.ndarray:
 def as_float_rgb(image: np.ndarray) -> np.ndarray:
     """Return float32 (H, W, 3) in [0, 1] for a 2D gray, (H, W, 1), RGB or RGBA image.
 
-    Gray becomes three equal channels; RGBA drops alpha; uint8/uint16 are divided by their type's
-    maximum; floats in [0, 1] are kept, other floats are min-max scaled; NaNs become background.
+    Gray becomes three equal channels; RGBA drops alpha; uint8 is divided by 255, uint16 by the full scale of
+    the smallest camera bit depth (10/12/14/16) that holds its values; floats in [0, 1] are kept, other floats are min-max scaled; NaNs become background.
     """
     arr = _check_basic(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
