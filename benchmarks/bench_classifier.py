@@ -27,9 +27,12 @@ MODELS = {
     "simplecnn": dict(arch="simplecnn", cbam=False),
     "effnet": dict(arch="efficientnet", cbam=False),
     "effnet_cbam": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_long": dict(arch="efficientnet", cbam=True),
 }
+# Recipe variants measured on the same folds (same model, longer phase 2): candidates for the shipped recipe.
+TRAIN_OVERRIDES = {"effnet_cbam_long": dict(phase2_epochs=40, patience=10)}
 LABELS = {"simplecnn": "SimpleCNN (scratch)", "effnet": "EfficientNet-Lite0",
-          "effnet_cbam": "EfficientNet-Lite0 + CBAM"}
+          "effnet_cbam": "EfficientNet-Lite0 + CBAM", "effnet_cbam_long": "EfficientNet-Lite0 + CBAM, phase 2 x2"}
 PAPER = {"hushem": (0.939, 0.948), "smids": (0.902, 0.913)}
 
 
@@ -79,7 +82,7 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
     from napari_spermmorph.core.training import TrainConfig, train_classifier
 
     spec = ModelSpec(num_classes=len(class_names), input_size=size, **MODELS[model_key])
-    cfg = TrainConfig(spec=spec, seed=seed, **dataset_config(ds_name))
+    cfg = TrainConfig(spec=spec, seed=seed, **{**dataset_config(ds_name), **TRAIN_OVERRIDES.get(model_key, {})})
     if model_key == "simplecnn":
         cfg.phase2_epochs, cfg.patience = scratch_epochs(ds_name)
     tr = np.flatnonzero(folds != fold)

@@ -93,3 +93,16 @@ def test_channels_last_model_saves(tmp_path):
     path = save_checkpoint(tmp_path / "cl", net, {"spec": spec.to_dict(), "class_names": ["a", "b"]})
     state, _ = load_checkpoint(path)
     assert set(state) == set(net.state_dict())
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    """Atomic writes go through a 0600 temp file; the result must still get the usual permissions."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        _, path = _tiny(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -35,7 +35,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _write_json(path: str | Path, payload: dict) -> Path:
-    from .core.batch import atomic_write
+    from .core.files import atomic_write
 
     path = Path(path)
     atomic_write(path, lambda t: Path(t).write_text(json.dumps(payload, indent=2, default=float) + "\n"),

@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .datasets import IMAGE_SUFFIXES
+from .files import atomic_write
 
 if TYPE_CHECKING:  # torch stays unimported until a worker needs the model
     from .inference import Classifier
@@ -290,23 +290,6 @@ def table_path(job: Job, out_dir: str | Path) -> Path:
 
 def is_done(job: Job, out_dir: str | Path, heatmaps: bool) -> bool:
     return all(p.is_file() for p in outputs_for(job, out_dir, heatmaps))
-
-
-def atomic_write(path: Path, write: Callable[[str], None], force: bool = False) -> bool:
-    """Write through a temp file in the same folder, then ``os.replace``; an existing file is kept unless
-    ``force``. Returns whether the file was written."""
-    if path.exists() and not force:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return True
 
 
 def _write_png(path: Path, rgb: np.ndarray, force: bool) -> None:

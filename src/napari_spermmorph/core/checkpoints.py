@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .files import atomic_write
 
 FORMAT = "napari-spermmorph/1"
 META_KEY = "spermmorph"
@@ -57,15 +57,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict, half: bool =
         v = v.half() if (half and v.is_floating_point()) else v
         state[k] = v.contiguous(memory_format=torch.contiguous_format)
     meta = dict(meta, format=FORMAT, package_version=__version__, tensors_sha256=tensors_sha256(state))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={META_KEY: json.dumps(meta)}), force=True)
     return path
 
 

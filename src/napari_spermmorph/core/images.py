@@ -82,7 +82,8 @@ def as_float_rgb(image: np.ndarray) -> np.ndarray:
     """Return float32 (H, W, 3) in [0, 1] for a 2D gray, (H, W, 1), RGB or RGBA image.
 
     Gray becomes three equal channels; RGBA drops alpha; uint8 is divided by 255, uint16 by the full scale of
-    the smallest camera bit depth (10/12/14/16) that holds its values; floats in [0, 1] are kept, other floats are min-max scaled; NaNs become background.
+    the smallest camera bit depth (10/12/14/16) that holds its values; floats in [0, 1] are kept, other floats
+    are min-max scaled; NaNs become background.
     """
     arr = _check_basic(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:

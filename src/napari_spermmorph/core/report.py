@@ -169,7 +169,7 @@ def render_report(*, samples: pd.DataFrame, class_names: Sequence[str], normal_c
 
 def write_report(path: str | Path, **kwargs) -> Path:
     """Render and write atomically (see ``render_report`` for the arguments)."""
-    from .batch import atomic_write
+    from .files import atomic_write
 
     path = Path(path)
     text = render_report(**kwargs)
