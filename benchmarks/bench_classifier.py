@@ -115,6 +115,7 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
         runs = [json.loads(p.read_text()) for p in sorted(cache.glob(f"{key}_fold*.json"))]
         if not runs:
             continue
+        class_names = runs[0]["plain"]["class_names"]  # the order the folds were trained with
         variants = ["plain", "tta4"] if key != "simplecnn" else ["plain"]
         for var in variants:
             accs = [r[var]["accuracy"] for r in runs]

@@ -30,17 +30,20 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--data", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--refresh", action="store_true",
+                    help="no training: put the shipped model's classes in canonical order and copy in the latest CV "
+                         "metrics (the weights are only permuted, predictions are unchanged)")
     args = ap.parse_args(argv)
+    if args.refresh:
+        return refresh(args.dataset, args.size)
     root = data_dir(args.data)
     require_data(root / args.dataset)
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    from napari_spermmorph.core.checkpoints import save_checkpoint
     from napari_spermmorph.core.crops import DEFAULT_HEAD_FRACTION, normalise_crops
     from napari_spermmorph.core.datasets import load_class_folders
     from napari_spermmorph.core.models import ModelSpec
-    from napari_spermmorph.core.registry import WEIGHTS_DIR, register
     from napari_spermmorph.core.training import TrainConfig, checkpoint_meta, train_classifier
 
     ds = load_class_folders(root / args.dataset)
@@ -56,8 +59,6 @@ def main(argv=None) -> int:
 
     res = train_classifier(images, ds.labels, cfg, on_update=show)
     head_fraction = DEFAULT_HEAD_FRACTION
-    cv_file = RESULTS / f"classifier_{args.dataset}_{args.size}.json"
-    cv = json.loads(cv_file.read_text())["models"] if cv_file.exists() else {}
     name = NAMES[args.dataset]
     meta = checkpoint_meta(
         res, ds.class_names, cfg, name=name, label_scheme=SCHEMES[args.dataset], head_fraction=head_fraction,
@@ -65,17 +66,54 @@ def main(argv=None) -> int:
         crops_with_head_found=float(found.mean()),
         training_data=f"{SCHEMES[args.dataset]} development portion, {len(ds)} images (folders {ds.folder_names})",
         protocol="all development images; 15% stratified validation split for early stopping",
-        cv_metrics={k: {m: v[m] for m in ("accuracy_mean", "accuracy_sd", "macro_f1_mean", "macro_f1_sd", "folds")}
-                    for k, v in cv.items() if k.startswith("effnet_cbam")},
+        cv_metrics=cv_metrics(args.dataset, args.size),
         train_seconds=time.perf_counter() - t0,
     )
-    path = save_checkpoint(WEIGHTS_DIR / f"{name}.safetensors", res.model, meta)
+    save_and_register(res.model, meta)
+    return 0
+
+
+def cv_metrics(dataset: str, size: int) -> dict:
+    """The CV figures of the shipped architecture (EfficientNet-Lite0 + CBAM), plain and with TTA."""
+    cv_file = RESULTS / f"classifier_{dataset}_{size}.json"
+    cv = json.loads(cv_file.read_text())["models"] if cv_file.exists() else {}
+    keys = ("accuracy_mean", "accuracy_sd", "macro_f1_mean", "macro_f1_sd", "folds")
+    return {k: {m: v[m] for m in keys} for k, v in cv.items() if k.split("/")[0] == "effnet_cbam"}
+
+
+def save_and_register(model, meta: dict) -> dict:
+    from napari_spermmorph.core.checkpoints import save_checkpoint
+    from napari_spermmorph.core.registry import WEIGHTS_DIR, register
+
+    spec = model.spec
+    path = save_checkpoint(WEIGHTS_DIR / f"{meta['name']}.safetensors", model, meta)
     entry = register(path, {
-        "name": name, "classes": ds.class_names, "label_scheme": SCHEMES[args.dataset], "backbone": spec.backbone,
-        "cbam": spec.cbam, "input_size": spec.input_size, "head_fraction": head_fraction,
-        "cv_metrics": meta["cv_metrics"], "licence_note": "trained on public research data; see README",
+        "name": meta["name"], "classes": meta["class_names"], "label_scheme": meta["label_scheme"],
+        "backbone": spec.backbone, "cbam": spec.cbam, "input_size": spec.input_size,
+        "head_fraction": meta["head_fraction"], "cv_metrics": meta["cv_metrics"],
+        "licence_note": "trained on public research data; see README",
     })
     print(json.dumps(entry, indent=1))
+    return entry
+
+
+def refresh(dataset: str, size: int) -> int:
+    """Canonical class order ("normal" first) by permuting the last layer's rows, and the latest CV metrics."""
+    import torch
+
+    from napari_spermmorph.core.inference import Classifier
+
+    clf = Classifier.load(NAMES[dataset], device="cpu")
+    names = clf.class_names
+    order = sorted(range(len(names)), key=lambda i: names[i] != "normal")
+    lin = clf.model.head[-1]
+    with torch.no_grad():
+        lin.weight.copy_(lin.weight[order].clone())
+        lin.bias.copy_(lin.bias[order].clone())
+    meta = {k: v for k, v in clf.meta.items() if k not in ("path", "format", "package_version", "tensors_sha256")}
+    meta["class_names"] = [names[i] for i in order]
+    meta["cv_metrics"] = cv_metrics(dataset, size)
+    save_and_register(clf.model.to(memory_format=torch.contiguous_format), meta)
     return 0
 
 

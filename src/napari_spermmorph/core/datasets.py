@@ -74,7 +74,7 @@ def load_class_folders(root: str | Path, class_names: list[str] | None = None) -
     if not found:
         raise ValueError(f"{root} has no class sub-folders (expected {root}/<class>/<image files>).")
     if class_names is None:
-        class_names = list(found)
+        class_names = sorted(found, key=lambda n: n != "normal")  # folder order, "normal" first (for % normal)
     elif set(class_names) != set(found):
         raise ValueError(
             f"The dataset's class folders {sorted(found)} do not match the model's classes {list(class_names)}."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -169,7 +170,8 @@ class Classifier:
                 s = self.input_size
                 example = torch.rand(2, 3, s, s).contiguous(memory_format=torch.channels_last)
                 try:
-                    with torch.inference_mode():
+                    with torch.inference_mode(), warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still fastest here
                         traced = torch.jit.trace(self.model.eval(), example, check_trace=False)
                         self._runner = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
                 except Exception:  # noqa: BLE001 - any tracing problem: stay eager, never fail to classify
