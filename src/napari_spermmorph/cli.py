@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .core.defaults import DEFAULT_TTA
+
 DEMO_OUT = "spermmorph-demo-output"
 
 
@@ -377,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="folder with one sub-folder per class (named as the model's classes)")
     p.add_argument("--model", required=True, help="shipped model name or checkpoint path")
     p.add_argument("--json", metavar="OUT", help="write the metrics to this JSON file")
-    p.add_argument("--tta", type=int, default=1, help="test-time augmentation views, 1-8 (default 1)")
+    p.add_argument("--tta", type=int, default=DEFAULT_TTA,
+                   help=f"test-time augmentation views, 1-8 (default {DEFAULT_TTA}: flips keeping the head's axis)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
 
@@ -393,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--json", metavar="OUT")
-    p.add_argument("--tta", type=int, default=1)
+    p.add_argument("--tta", type=int, default=DEFAULT_TTA)
     _add_train_args(p)
     p.set_defaults(func=cmd_cv)
 
@@ -409,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="threads", metavar="ADDRESS|threads|processes|sync",
                    help="dask scheduler: local threads (default), processes, sync, or a distributed address")
     p.add_argument("--workers", type=int, help="local dask workers (default: number of cores)")
-    p.add_argument("--tta", type=int, default=1, help="test-time augmentation views, 1-8 (default 1)")
+    p.add_argument("--tta", type=int, default=DEFAULT_TTA,
+                   help=f"test-time augmentation views, 1-8 (default {DEFAULT_TTA}: flips keeping the head's axis)")
     p.add_argument("--min-confidence", type=float, default=0.6, help="heads below it are flagged uncertain")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--crops", action="store_true",

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.defaults import DEFAULT_TTA
 from . import _models
 from ._layers import (
     add_or_update,
@@ -88,7 +89,8 @@ class ClassifyWidget(QWidget):
         self.browse = QPushButton("Browse...")
         self.browse.clicked.connect(self._browse)
         self.device_combo = QComboBox()
-        self.tta = QCheckBox("test-time augmentation (4 flips)")
+        self.tta = QCheckBox(f"test-time augmentation ({DEFAULT_TTA} flips)")
+        self.tta.setChecked(True)
         self.min_conf = QDoubleSpinBox()
         self.min_conf.setRange(0.0, 1.0)
         self.min_conf.setSingleStep(0.05)
@@ -283,7 +285,7 @@ class ClassifyWidget(QWidget):
         kind, value = self._model_source()
         device = self.device_combo.currentText() or "auto"
         opts = {
-            "tta": 4 if self.tta.isChecked() else 1,
+            "tta": DEFAULT_TTA if self.tta.isChecked() else 1,
             "min_confidence": float(self.min_conf.value()),
             "explain": self.gradcam.isChecked(),
             "attention": self.attention.isChecked(),
