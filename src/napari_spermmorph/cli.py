@@ -157,29 +157,22 @@ def _show_epoch(update) -> None:
              + (" (best)" if update.is_best else ""))
 
 
-def _head_fraction(images) -> float:
-    try:
-        from .core.crops import estimate_head_fraction
-    except ImportError:
-        return 0.5
-    return float(estimate_head_fraction(images[:300]))
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     _set_threads()
     if args.from_model:
         return _fine_tune(args)
     from .core.checkpoints import save_checkpoint
+    from .core.crops import DEFAULT_HEAD_FRACTION
     from .core.training import checkpoint_meta, train_classifier
 
     ds = _load_dataset(args.dir)
     cfg = _train_config(args, len(ds.class_names))
-    images = ds.load_images()
+    images = ds.load_crops(cfg.spec.input_size, DEFAULT_HEAD_FRACTION)
     _err(f"training on {len(ds)} images, classes {ds.class_names}, {cfg.spec.input_size} px")
     res = train_classifier(images, ds.labels, cfg, on_update=_show_epoch)
     meta = checkpoint_meta(res, ds.class_names, cfg, name=args.name or Path(args.out).stem,
-                           head_fraction=_head_fraction(images), training_data=str(Path(args.dir).resolve()),
-                           train_seconds=res.seconds)
+                           head_fraction=DEFAULT_HEAD_FRACTION, align_crops=True,
+                           training_data=str(Path(args.dir).resolve()), train_seconds=res.seconds)
     path = save_checkpoint(args.out, res.model, meta)
     best = res.best or {}
     print(f"saved {path} (best validation macro-F1 {best.get('val_macro_f1', float('nan')):.3f}, "
@@ -226,7 +219,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise UserError(f"{args.folds}-fold CV needs at least {max(args.folds, 2)} images per class; the smallest "
                         f"class has {counts.min()} ({dict(zip(ds.class_names, counts.tolist()))}).")
     folds = stratified_folds(ds.labels, args.folds, seed=args.seed, groups=ds.groups())
-    x = crops_to_tensor(ds.load_images(), args.size)
+    x = crops_to_tensor(ds.load_crops(args.size), args.size)
     y = ds.labels
     runs = []
     t0 = time.perf_counter()

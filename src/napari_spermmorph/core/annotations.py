@@ -197,7 +197,8 @@ def build_training_set(
             notes.append(f"{f.name}: {len(lost)} annotated region(s) could not be cropped (too small or "
                          f"at the border): {sorted(lost)[:10]}")
     if folder:
-        ds_images, ds_labels, ds_files = _folder_examples(folder, names, folder_max_per_class, seed)
+        ds_images, ds_labels, ds_files = _folder_examples(folder, names, crop_size, head_fraction,
+                                                          folder_max_per_class, seed)
         images += ds_images
         labels += ds_labels
         sources += ds_files
@@ -226,9 +227,11 @@ def _crops(f: AnnotatedField, crop_size: int, head_fraction: float):
                               head_fraction=head_fraction, align=True)
 
 
-def _folder_examples(folder: str | Path, names: list[str], max_per_class: int | None = None,
+def _folder_examples(folder: str | Path, names: list[str], crop_size: int, head_fraction: float,
+                     max_per_class: int | None = None,
                      seed: int = 0) -> tuple[list[np.ndarray], list[int], list[str]]:
-    """Images of a class-folder dataset whose classes are among ``names`` (matched by canonical name)."""
+    """Images of a class-folder dataset whose classes are among ``names`` (matched by canonical name), cut to the
+    geometry of field crops (``crops.normalise_crops``) so both kinds of example look alike to the model."""
     from .datasets import canonical_class_name, load_class_folders
 
     try:
@@ -245,8 +248,9 @@ def _folder_examples(folder: str | Path, names: list[str], max_per_class: int | 
         rng = np.random.default_rng(seed)
         idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(ds.labels == c))[:max_per_class]
                                       for c in np.unique(ds.labels)]))
+    from .crops import normalise_crops
     from .datasets import read_image
 
-    imgs = [read_image(ds.files[i]) for i in idx]
+    imgs = list(normalise_crops([read_image(ds.files[i]) for i in idx], crop_size, head_fraction)[0].images)
     labels = [ours[ds.class_names[int(ds.labels[i])]] for i in idx]
     return imgs, labels, [str(ds.files[i]) for i in idx]

@@ -28,6 +28,12 @@ class ClassFolderDataset:
     def load_images(self) -> list[np.ndarray]:
         return [read_image(f) for f in self.files]
 
+    def load_crops(self, size: int, head_fraction: float | None = None) -> np.ndarray:
+        """The images as a model sees them: head centred, aligned and scaled (``crops.normalise_crops``)."""
+        from .crops import DEFAULT_HEAD_FRACTION, normalise_crops
+
+        return normalise_crops(self.load_images(), size, head_fraction or DEFAULT_HEAD_FRACTION)[0].images
+
     def groups(self) -> np.ndarray:
         """Group id per file: pixel-identical images share one, so CV keeps them in one fold."""
         ids: dict[str, int] = {}

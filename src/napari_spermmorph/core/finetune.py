@@ -246,7 +246,8 @@ def _save(final, ts: TrainingSet, info: StartInfo, kept: list[str], out: Path, c
         return FineTuneResult(None, {}, final.stopped, final.history, {}, seconds, msg, kept)
     meta = checkpoint_meta(
         final, ts.class_names, config, name=Path(out).stem, label_scheme="custom (fine-tuned in napari)",
-        head_fraction=ts.head_fraction, fine_tuned_from=info.name, fine_tuned_from_source=str(info.source),
+        head_fraction=ts.head_fraction, align_crops=True,
+        fine_tuned_from=info.name, fine_tuned_from_source=str(info.source),
         head_rows_reused=kept, training_data=ts.summary(), train_seconds=seconds,
         protocol="fine-tuned on annotated heads; explicit stratified validation split made before training",
         **extra,
