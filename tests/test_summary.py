@@ -27,8 +27,8 @@ from napari_spermmorph.core.summary import (
 def test_wilson_interval_known_values(k, n, low, high):
     lo, hi = wilson_interval(k, n)
     assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
-    eps = 1e-12  # summary.wilson_interval has ~1e-15 rounding at 0% and 100%
-    assert -eps <= lo <= k / n + eps and k / n - eps <= hi <= 1.0 + eps
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+    assert (lo == 0.0) == (k == 0) and (hi == 1.0) == (k == n)  # exact at 0% and 100%, never past k/n
 
 
 def test_wilson_interval_empty_and_symmetry():
