@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from pytorch_grad_cam import GradCAMPlusPlus
 
     from napari_spermmorph._sample_data import load_field, load_head_crops
+    from napari_spermmorph.core.defaults import DEFAULT_TTA
     from napari_spermmorph.core.explain import gradcam_pp
     from napari_spermmorph.core.pipeline import analyze_field
     from napari_spermmorph.core.preprocess import normalise
@@ -84,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     naive = crops[: args.naive_crops]
     spec = clf.spec
 
-    # ---- classification: ours (batched, channels_last, inference_mode) vs plain eager batch-1 NCHW fp32
+    # ---- classification: ours (batched, channels_last, inference_mode, frozen TorchScript graph on CPU)
+    #      vs plain eager batch-1 NCHW fp32
+    clf.runner()  # built once per loaded model (lazily): not part of the per-crop cost
+
     def ours_classify(bs: int):
         clf.predict_proba(crops, batch_size=bs)
         _sync(dev)
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     res = analyze_field(field, clf, px, explain=True)
     tracemalloc.start()
     t_field = best_of(lambda: analyze_field(field, clf, px, explain=True), args.repeats)
+    t_field_tta = best_of(lambda: analyze_field(field, clf, px, explain=True, tta=DEFAULT_TTA), args.repeats)
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu_peak_mb": gpu_peak_mb,
         "targets": TARGETS,
     }
+    out["field_seconds_tta"] = t_field_tta
     out["meets"] = {
         "classify_speedup": out["classify_speedup"] >= TARGETS["classify_speedup_min"],
         "gradcam_over_classify": out["gradcam_over_classify"] <= TARGETS["gradcam_over_classify_max"],
@@ -170,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
          f"(is {out['gradcam_over_classify']:.2f}x)", out["meets"]["gradcam_over_classify"]],
         [f"field {field.shape[1]}x{field.shape[0]}, {len(res.table)} heads (s)", t_field, "", "",
          f"<= {TARGETS['field_seconds_max']} s", out["meets"]["field_seconds"]],
+        [f"same field with TTA x{DEFAULT_TTA}, the widget/CLI default (s)", t_field_tta, "", "",
+         f"<= {TARGETS['field_seconds_max']} s", t_field_tta <= TARGETS["field_seconds_max"]],
     ]
     md = "\n".join([
         f"# Inference benchmark ({out['device_name']})",
@@ -177,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{out['machine']}; torch threads {out['torch_threads']}; model {model_name}, input {clf.input_size} px.",
         f"Ours: batched ({best_bs}, best of {sorted(per_bs)}: "
         + ", ".join(f"{b}: {1000 * t:.1f} ms" for b, t in sorted(per_bs.items()))
-        + "), channels_last, inference_mode; Grad-CAM++ with one CAM object and the graph cut at "
-        "the CBAM output. Baselines: same network, eager NCHW fp32, batch 1 per crop, no inference mode; "
-        "a new GradCAMPlusPlus object per crop.",
+        + "), channels_last, inference_mode, a frozen TorchScript graph on CPU; Grad-CAM++ with one CAM object "
+        "and the graph cut at the CBAM output. Baselines: same network, eager NCHW fp32, batch 1 per crop, "
+        "no inference mode; a new GradCAMPlusPlus object per crop.",
         "",
         md_table(["step", "ours", "baseline", "speedup", "target", "met"], rows),
         "",

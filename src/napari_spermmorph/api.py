@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .core.defaults import DEFAULT_TTA
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -85,7 +87,7 @@ def list_models() -> list[dict]:
 
 
 def classify(image: np.ndarray, labels: np.ndarray | None = None, model: Classifier | str | Path | None = None,
-             pixel_size_um: float | None = None, tta: int = 1, explain: bool = False,
+             pixel_size_um: float | None = None, tta: int = DEFAULT_TTA, explain: bool = False,
              min_confidence: float = 0.6, **kwargs: Any) -> FieldResult:
     """Classify every head of a 2D field; without ``labels`` the field is segmented first (as in the CLI)."""
     from .core.pipeline import analyze_field, classify_heads
@@ -99,7 +101,7 @@ def classify(image: np.ndarray, labels: np.ndarray | None = None, model: Classif
 
 
 def classify_crops(crops: np.ndarray | Sequence[np.ndarray], model: Classifier | str | Path | None = None,
-                   tta: int = 1, min_confidence: float = 0.6) -> pd.DataFrame:
+                   tta: int = DEFAULT_TTA, min_confidence: float = 0.6) -> pd.DataFrame:
     """One row per crop: class, confidence, p_<class> and the uncertain flag."""
     import pandas as pd
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .datasets import IMAGE_SUFFIXES
+from .defaults import DEFAULT_TTA
 from .files import atomic_write
 
 if TYPE_CHECKING:  # torch stays unimported until a worker needs the model
@@ -69,7 +70,7 @@ class BatchSettings:
     device: str = "auto"
     pixel_size_um: float | None = None
     heatmaps: bool = False
-    tta: int = 1
+    tta: int = DEFAULT_TTA
     force: bool = False
     min_confidence: float = 0.6
     torch_threads: int | None = None
@@ -694,7 +695,7 @@ def _check_previous_run(out_dir: Path, info: dict, settings: BatchSettings) -> l
 def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path, *,
               pixel_size_um: float | None = None, heatmaps: bool = False,
               sample_sheet: str | Path | Mapping[str, str] | None = None,
-              force: bool = False, scheduler: str = "threads", workers: int | None = None, tta: int = 1,
+              force: bool = False, scheduler: str = "threads", workers: int | None = None, tta: int = DEFAULT_TTA,
               mode: str = "auto", device: str = "auto", min_confidence: float = 0.6, progress: bool = True,
               argv: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> BatchResult:
     """Analyse every input and write per-image outputs, ``samples.csv``, ``errors.csv``, ``report.html`` and
