@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     src = data_dir(args.data) / "sperm_parsing" / "train" / "images"
     require_data(src)
     from napari_spermmorph.core.batch import clear_classifier_cache, run_batch
+    from napari_spermmorph.core.defaults import DEFAULT_TTA
     from napari_spermmorph.core.segmentation import DEFAULT_PIXEL_SIZE_UM
 
     files = sorted(src.glob("*.jpg"))[: args.fields]
@@ -86,8 +87,8 @@ def main(argv=None) -> int:
                 r["speedup_vs_serial"] = base / r["wall_seconds"]
         md = ("### Batch analysis throughput (`spermmorph analyze`)\n\n"
               + md_table(["scheduler", "workers", "wall s", "fields/min", "heads", "failed"], rows)
-              + f"\n\n{len(files)} Sperm Parsing training fields (1280 x 1024 JPEG), default settings (no "
-              f"`--heatmaps`; Grad-CAM++ only for the report's uncertain heads), pixel size "
+              + f"\n\n{len(files)} Sperm Parsing training fields (1280 x 1024 JPEG), default settings (TTA x"
+              f"{DEFAULT_TTA}, no `--heatmaps`; Grad-CAM++ only for the report's uncertain heads), pixel size "
               f"{DEFAULT_PIXEL_SIZE_UM} um. Model: {model_desc}. Wall time includes model loading in every "
               f"worker and writing tables and the report.\nMachine: {payload['machine']}.\n"
               f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python benchmarks/bench_batch.py "
