@@ -102,6 +102,12 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
     return out
 
 
+def _in_order(metrics: dict, class_names) -> np.ndarray:
+    """A fold's confusion matrix with rows and columns in ``class_names`` order (folds may differ in order)."""
+    idx = [metrics["class_names"].index(n) for n in class_names]
+    return np.asarray(metrics["confusion_matrix"])[np.ix_(idx, idx)]
+
+
 def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
     from napari_spermmorph.core.evaluation import mean_std
     from napari_spermmorph.core.training import TrainConfig
@@ -115,14 +121,13 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
         runs = [json.loads(p.read_text()) for p in sorted(cache.glob(f"{key}_fold*.json"))]
         if not runs:
             continue
-        class_names = runs[0]["plain"]["class_names"]  # the order the folds were trained with
         variants = ["plain", "tta4"] if key != "simplecnn" else ["plain"]
         for var in variants:
             accs = [r[var]["accuracy"] for r in runs]
             f1s = [r[var]["macro_f1"] for r in runs]
             (am, asd), (fm, fsd) = mean_std(accs), mean_std(f1s)
             label = LABELS[key] + (" + TTA x4" if var == "tta4" else "")
-            cm = np.sum([r[var]["confusion_matrix"] for r in runs], axis=0).tolist()
+            cm = np.sum([_in_order(r[var], class_names) for r in runs], axis=0).tolist()
             payload["models"][f"{key}/{var}"] = {
                 "label": label, "folds": len(runs), "accuracy_mean": am, "accuracy_sd": asd, "macro_f1_mean": fm,
                 "macro_f1_sd": fsd, "accuracy_per_fold": accs, "macro_f1_per_fold": f1s, "confusion_matrix": cm,
@@ -131,6 +136,7 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
             rows.append([label, f"{len(runs)}/5", f"{am * 100:.1f} ± {asd * 100:.1f}", f"{fm:.3f} ± {fsd:.3f}",
                          f"{np.mean([r['train_seconds'] for r in runs]) / 60:.1f}"])
     pa, pf = PAPER[ds_name]
+    payload["class_names"] = list(class_names)
     rows.append(["paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
     md = (f"### {ds_name.upper()}, {size} px, 5-fold CV (mean ± SD over folds)\n\n"
           + md_table(["model", "folds", "accuracy %", "macro-F1", "train min/fold"], rows)
