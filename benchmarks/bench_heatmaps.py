@@ -15,28 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import data_dir, machine_description, md_table, require_data, write_results  # noqa: E402
-
-
-def peak_hits(heat: np.ndarray, labels: np.ndarray) -> tuple[int, int, int]:
-    """(heads, peaks inside the mask, peaks within 3 px of it)."""
-    n = inside = near = 0
-    for sl_index, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        mask = labels == sl_index
-        hood = ndi.binary_dilation(mask, iterations=12) & ((labels == 0) | mask)
-        vals = np.where(hood, heat, -1.0)
-        if vals.max() <= 0:
-            continue
-        n += 1
-        peak = np.unravel_index(int(np.argmax(vals)), vals.shape)
-        inside += bool(mask[peak])
-        near += bool(ndi.binary_dilation(mask, iterations=3)[peak])
-    return n, inside, near
 
 
 def main(argv=None) -> int:
@@ -48,6 +29,7 @@ def main(argv=None) -> int:
     root = data_dir(args.data) / "sperm_parsing" / "train" / "images"
     require_data(root)
     from napari_spermmorph.core.datasets import read_image
+    from napari_spermmorph.core.evaluation import heatmap_peak_hits
     from napari_spermmorph.core.inference import Classifier
     from napari_spermmorph.core.pipeline import analyze_field
 
@@ -58,7 +40,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for f in files:
         res = analyze_field(read_image(f), clf, explain=True)
-        tot += peak_hits(res.heatmap, res.labels)
+        tot += heatmap_peak_hits(res.heatmap, res.labels)
     secs = time.perf_counter() - t0
     n, inside, near = (int(v) for v in tot)
     payload = {"model": args.model, "fields": len(files), "heads": n, "peak_inside": inside, "peak_within_3px": near,

@@ -9,6 +9,7 @@ import torchvision.ops  # noqa: F401
 from scipy import ndimage as ndi
 
 from napari_spermmorph._sample_data import load_field
+from napari_spermmorph.core.evaluation import heatmap_peak_hits
 
 CLASSES = ["normal", "tapered", "pyriform", "amorphous"]
 
@@ -70,21 +71,6 @@ def _classify_widget(viewer, tiny_ckpt, prefer_shipped=True):
     return w
 
 
-def _peak_in_head_fraction(heat: np.ndarray, labels: np.ndarray, grow: int = 3) -> float:
-    """For each head: is the heatmap's peak in its neighbourhood inside the head dilated by ``grow`` px?"""
-    hits, n = 0, 0
-    for lab in np.unique(labels[labels > 0]):
-        mask = labels == lab
-        near = ndi.binary_dilation(mask, iterations=12) & ((labels == 0) | mask)
-        vals = np.where(near, heat, -1)
-        if vals.max() <= 0:
-            continue
-        n += 1
-        peak = np.unravel_index(int(np.argmax(vals)), vals.shape)
-        hits += bool(ndi.binary_dilation(mask, iterations=grow)[peak])
-    return hits / max(n, 1)
-
-
 @pytest.mark.parametrize("prefer_shipped", [True, False], ids=["shipped-or-tiny", "checkpoint-file"])
 def test_classify_real_field(make_napari_viewer, tiny_ckpt, prefer_shipped):
     viewer = make_napari_viewer()
@@ -114,9 +100,8 @@ def test_classify_real_field(make_napari_viewer, tiny_ckpt, prefer_shipped):
     assert heat.data.min() >= 0.0 and heat.data.max() <= 1.0
     assert "field CBAM attention" in [layer.name for layer in viewer.layers]
     for grow in (3, 15):
-        frac = _peak_in_head_fraction(heat.data, heads.data, grow)
-        print(f"Grad-CAM++ peak inside head dilated {grow} px: {frac:.2f} of {heads.data.max()} heads "
-              f"({w.model_combo.currentText()})")
+        n, _, near = heatmap_peak_hits(heat.data, heads.data, near_px=grow)
+        print(f"Grad-CAM++ peak inside head dilated {grow} px: {near} of {n} heads ({w.model_combo.currentText()})")
     assert heat.data[ndi.binary_dilation(heads.data > 0, iterations=30) == 0].max() == 0  # nothing far from heads
     assert np.array_equal(img.data, image_before)
     assert "heads" in w.summary.text() and "Uncertain heads" in w.summary.text()

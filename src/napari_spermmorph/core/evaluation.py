@@ -39,3 +39,25 @@ def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
 def mean_std(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def heatmap_peak_hits(heat: np.ndarray, labels: np.ndarray, near_px: int = 3,
+                      search_px: int = 12) -> tuple[int, int, int]:
+    """Does each head's heatmap peak fall on that head? Returns (heads, peaks inside the mask, peaks within
+    ``near_px`` of it). The peak is searched in the head dilated by ``search_px``, excluding other heads."""
+    from scipy import ndimage as ndi
+
+    n = inside = near = 0
+    for lab, sl in enumerate(ndi.find_objects(np.asarray(labels)), start=1):
+        if sl is None:
+            continue
+        mask = labels == lab
+        hood = ndi.binary_dilation(mask, iterations=search_px) & ((labels == 0) | mask)
+        vals = np.where(hood, heat, -1.0)
+        if vals.max() <= 0:
+            continue
+        n += 1
+        peak = np.unravel_index(int(np.argmax(vals)), vals.shape)
+        inside += bool(mask[peak])
+        near += bool(ndi.binary_dilation(mask, iterations=near_px)[peak]) if near_px > 0 else bool(mask[peak])
+    return n, inside, near
