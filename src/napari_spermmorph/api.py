@@ -37,9 +37,9 @@ __all__ = ["segment", "measure", "crop", "load_model", "list_models", "classify"
 
 def _classifier(model: Classifier | str | Path | None, device: str = "auto") -> Classifier:
     if model is None:
-        from .cli import _default_model
+        from .core.registry import default_model
 
-        model = _default_model()
+        model = default_model()
     if isinstance(model, str | Path):
         return load_model(model, device)
     return model
@@ -135,10 +135,10 @@ def fine_tune(training_set, source: str | Path, out_folder: str | Path, name: st
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Path | None = None,
             **kwargs: Any) -> BatchResult:
     """The CLI's ``analyze``: per-image outputs, samples.csv, errors.csv, report.html and run.json."""
-    from .cli import _default_model
     from .core.batch import run_batch
+    from .core.registry import default_model
 
-    return run_batch(inputs, out_dir, model or _default_model(), **kwargs)
+    return run_batch(inputs, out_dir, model or default_model(), **kwargs)
 
 
 def summarize(table: pd.DataFrame, class_names: list[str], normal_class: str | None = "normal") -> dict:

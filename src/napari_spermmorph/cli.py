@@ -248,15 +248,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- analyze
 def _default_model() -> str:
-    from .core.registry import shipped_models
+    from .core.checkpoints import CheckpointError
+    from .core.registry import default_model
 
-    models = shipped_models()
-    if not models:
-        raise UserError("No shipped model is installed; pass --model PATH to a checkpoint "
-                        "(train one with `spermmorph train`).")
-    # Prefer a label scheme with a 'normal' class: the % normal is the headline figure.
-    with_normal = [m for m in models if any(c.lower().startswith("normal") for c in m.get("classes", []))]
-    return (with_normal or models)[0]["name"]
+    try:
+        return default_model()
+    except CheckpointError as exc:
+        raise UserError(f"{exc} Or pass --model PATH.") from exc
 
 
 def _run_analysis(inputs: Sequence[str], out: str, model: str | None, argv: Sequence[str] | None, **kw):

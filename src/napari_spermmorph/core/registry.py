@@ -18,6 +18,16 @@ def shipped_models() -> list[dict]:
     return json.loads(REGISTRY_FILE.read_text())["models"]
 
 
+def default_model() -> str:
+    """The shipped model used when none is named: one whose classes include "normal" (% normal is the headline)."""
+    models = shipped_models()
+    if not models:
+        raise CheckpointError("No shipped model is installed; pass a checkpoint path (train one with "
+                              "`spermmorph train`).")
+    with_normal = [m for m in models if any(c.lower().startswith("normal") for c in m.get("classes", []))]
+    return (with_normal or models)[0]["name"]
+
+
 def resolve(name_or_path: str | Path, verify: bool = True) -> Path:
     """A shipped model's name (its sha256 checked) or an existing checkpoint path."""
     entries = {m["name"]: m for m in shipped_models()}
