@@ -29,16 +29,6 @@ def pad_to_square(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def center_crop(image: np.ndarray, fraction: float) -> np.ndarray:
-    """Keep the central ``fraction`` of each side: zooms on a centred head so more input pixels fall on it."""
-    if fraction >= 1.0:
-        return image
-    h, w = image.shape[:2]
-    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-    return image[y0 : y0 + ch, x0 : x0 + cw]
-
-
 def crops_to_tensor(crops: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.Tensor:
     """Any crops (gray/RGB/RGBA; uint8/uint16/float; any size) -> float tensor (N, 3, size, size) in [0, 1]."""
     if isinstance(crops, np.ndarray) and crops.ndim in (2, 3) and not _is_stack(crops):
