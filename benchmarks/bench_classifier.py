@@ -28,11 +28,33 @@ MODELS = {
     "effnet": dict(arch="efficientnet", cbam=False),
     "effnet_cbam": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_long": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_lowlr": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_smids": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_long_s1": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_long_s2": dict(arch="efficientnet", cbam=True),
 }
-# Recipe variants measured on the same folds (same model, longer phase 2): candidates for the shipped recipe.
-TRAIN_OVERRIDES = {"effnet_cbam_long": dict(phase2_epochs=40, patience=10)}
+# Recipe variants measured on the same folds (same model): candidates for the shipped recipe. Per dataset, on top
+# of dataset_config(); a variant without an entry for a dataset runs the base recipe there.
+_LONG = dict(phase2_epochs=40, patience=10)  # phase 2 x2 (HuSHeM)
+_LOW_LR = dict(lr_phase2_head=1e-4, lr_phase2_backbone=1e-5)  # the close paper's phase 2 rates (Kilic 2025)
+TRAIN_OVERRIDES = {
+    "effnet_cbam_long": {"hushem": _LONG},
+    "effnet_cbam_lowlr": {"hushem": {**_LONG, **_LOW_LR}, "smids": _LOW_LR},
+    "effnet_cbam_long_s1": {"hushem": {**_LONG, "seed": 1}},
+    "effnet_cbam_long_s2": {"hushem": {**_LONG, "seed": 2}},
+    "effnet_cbam_smids": {"hushem": _LONG},
+}
+# Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
+START = {"effnet_cbam_smids": "smids-3class"}
+# Seed ensembles: softmax outputs of these variants averaged per test image (only folds where all stored them).
+ENSEMBLES = {"effnet_cbam_long_ens3": ("effnet_cbam_long", "effnet_cbam_long_s1", "effnet_cbam_long_s2")}
 LABELS = {"simplecnn": "SimpleCNN (scratch)", "effnet": "EfficientNet-Lite0",
-          "effnet_cbam": "EfficientNet-Lite0 + CBAM", "effnet_cbam_long": "EfficientNet-Lite0 + CBAM, phase 2 x2"}
+          "effnet_cbam": "EfficientNet-Lite0 + CBAM", "effnet_cbam_long": "EfficientNet-Lite0 + CBAM, phase 2 x2",
+          "effnet_cbam_lowlr": "EfficientNet-Lite0 + CBAM, phase 2 at lr 1e-4 / 1e-5",
+    "effnet_cbam_smids": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2",
+          "effnet_cbam_long_s1": "EfficientNet-Lite0 + CBAM, phase 2 x2, seed 1",
+          "effnet_cbam_long_s2": "EfficientNet-Lite0 + CBAM, phase 2 x2, seed 2",
+          "effnet_cbam_long_ens3": "EfficientNet-Lite0 + CBAM, phase 2 x2, 3 seeds averaged"}
 PAPER = {"hushem": (0.939, 0.948), "smids": (0.902, 0.913)}
 
 
@@ -46,6 +68,11 @@ def dataset_config(name: str) -> dict:
         return dict(mixup_alpha=0.2, label_smoothing=0.1, batch_size=16)
     return dict(mixup_alpha=0.0, label_smoothing=0.0, batch_size=32, phase1_epochs=15, phase2_epochs=8,
                 patience=3, cache_views=2)
+
+
+def train_kwargs(model_key: str, ds_name: str, seed: int = 0) -> dict:
+    """TrainConfig arguments (all but the spec) of a benchmark row: dataset recipe, then the variant's changes."""
+    return {"seed": seed, **dataset_config(ds_name), **TRAIN_OVERRIDES.get(model_key, {}).get(ds_name, {})}
 
 
 def scratch_epochs(name: str) -> tuple[int, int]:
@@ -82,22 +109,30 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
     from napari_spermmorph.core.training import TrainConfig, train_classifier
 
     spec = ModelSpec(num_classes=len(class_names), input_size=size, **MODELS[model_key])
-    cfg = TrainConfig(spec=spec, seed=seed, **{**dataset_config(ds_name), **TRAIN_OVERRIDES.get(model_key, {})})
+    cfg = TrainConfig(spec=spec, **train_kwargs(model_key, ds_name, seed))
     if model_key == "simplecnn":
         cfg.phase2_epochs, cfg.patience = scratch_epochs(ds_name)
     tr = np.flatnonzero(folds != fold)
     te = np.flatnonzero(folds == fold)
+    model = None
+    if model_key in START:
+        from napari_spermmorph.core.finetune import load_start_model
+
+        model = load_start_model(START[model_key], class_names)[0]
+        if model.spec.input_size != size:
+            raise SystemExit(f"{model_key}: the start model takes {model.spec.input_size} px, not {size}")
     t0 = time.perf_counter()
-    res = train_classifier(x[tr], y[tr], cfg)
+    res = train_classifier(x[tr], y[tr], cfg, model=model)
     train_s = time.perf_counter() - t0
     out = {"fold": fold, "model": model_key, "n_train": len(tr), "n_test": len(te), "train_seconds": train_s,
-           "best": res.best, "epochs_run": len(res.history)}
+           "best": res.best, "epochs_run": len(res.history), "labels": y[te].tolist()}
     device = torch.device("cpu")
     for tta in (1, 4):
         t1 = time.perf_counter()
         probs = predict_logits(res.model, x[te], device, batch_size=64, tta=tta)
         m = classification_metrics(y[te], probs.argmax(1).numpy(), class_names)
         m["eval_seconds"] = time.perf_counter() - t1
+        m["probs"] = np.round(probs.numpy(), 5).tolist()  # per test image, in fold order: for seed ensembles
         out["plain" if tta == 1 else "tta4"] = m
     return out
 
@@ -108,7 +143,27 @@ def _in_order(metrics: dict, class_names) -> np.ndarray:
     return np.asarray(metrics["confusion_matrix"])[np.ix_(idx, idx)]
 
 
-def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
+def _ensemble_runs(cache: Path, members: tuple[str, ...], class_names) -> list[dict]:
+    """Per fold, the members' stored test probabilities averaged; folds where a member is missing are skipped."""
+    from napari_spermmorph.core.evaluation import classification_metrics
+
+    runs = []
+    for fold in range(5):
+        paths = [cache / f"{m}_fold{fold}.json" for m in members]
+        if not all(p.exists() for p in paths):
+            continue
+        parts = [json.loads(p.read_text()) for p in paths]
+        if not all("labels" in r for r in parts):
+            continue
+        run = {"fold": fold, "train_seconds": sum(r["train_seconds"] for r in parts)}
+        for var in ("plain", "tta4"):
+            probs = np.mean([np.asarray(r[var]["probs"]) for r in parts], axis=0)
+            run[var] = classification_metrics(np.asarray(parts[0]["labels"]), probs.argmax(1), class_names)
+        runs.append(run)
+    return runs
+
+
+def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: float) -> None:
     from napari_spermmorph.core.evaluation import mean_std
     from napari_spermmorph.core.training import TrainConfig
 
@@ -117,8 +172,9 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
     recipe.pop("spec")
     rows = []
     payload = {"dataset": ds_name, "input_size": size, "machine": machine_description(), "recipe": recipe, "models": {}}
-    for key in MODELS:
-        runs = [json.loads(p.read_text()) for p in sorted(cache.glob(f"{key}_fold*.json"))]
+    for key in [*MODELS, *ENSEMBLES]:
+        runs = (_ensemble_runs(cache, ENSEMBLES[key], class_names) if key in ENSEMBLES
+                else [json.loads(p.read_text()) for p in sorted(cache.glob(f"{key}_fold*.json"))])
         if not runs:
             continue
         variants = ["plain", "tta4"] if key != "simplecnn" else ["plain"]
@@ -138,14 +194,16 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names) -> None:
     pa, pf = PAPER[ds_name]
     payload["class_names"] = list(class_names)
     rows.append(["paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
-    md = (f"### {ds_name.upper()}, {size} px, 5-fold CV (mean ± SD over folds)\n\n"
+    hf_arg = f" --head-fraction {head_fraction:g}" if cache.name.endswith(f"_hf{head_fraction:g}") else ""
+    payload["head_fraction"] = head_fraction
+    md = (f"### {ds_name.upper()}, {size} px, head {head_fraction:g} of the crop, 5-fold CV (mean ± SD over folds)\n\n"
           + md_table(["model", "folds", "accuracy %", "macro-F1", "train min/fold"], rows)
           + f"\n\nClasses: {', '.join(class_names)}. Machine: {payload['machine']}.\n"
           + f"Recipe: phase 1 {recipe['phase1_epochs']} epochs (frozen, {recipe['cache_views']} cached views), phase 2 "
           + f"{recipe['phase2_epochs']} epochs, patience {recipe['patience']}, MixUp {recipe['mixup_alpha']}, label "
           + f"smoothing {recipe['label_smoothing']}; SimpleCNN {recipe['simplecnn_epochs_patience'][0]} epochs.\n"
-          + f"Command: `python benchmarks/bench_classifier.py --dataset {ds_name} --size {size}`\n")
-    write_results(f"classifier_{ds_name}_{size}", payload, md)
+          + f"Command: `python benchmarks/bench_classifier.py --dataset {ds_name} --size {size}{hf_arg}`\n")
+    write_results(f"classifier_{cache.name}", payload, md)
     print(md)
 
 
@@ -157,6 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--data", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head-fraction", type=float, default=None,
+                    help="head length / crop side (default: the package's); results go to their own cache and table")
     ap.add_argument("--aggregate-only", action="store_true")
     args = ap.parse_args(argv)
     root = data_dir(args.data)
@@ -168,11 +228,13 @@ def main(argv=None) -> int:
     from napari_spermmorph.core.preprocess import crops_to_tensor
 
     ds, folds = load_dataset(root, args.dataset)
-    cache = RESULTS / "classifier_folds" / f"{args.dataset}_{args.size}"
+    hf = DEFAULT_HEAD_FRACTION if args.head_fraction is None else args.head_fraction
+    tag = f"{args.dataset}_{args.size}" + ("" if hf == DEFAULT_HEAD_FRACTION else f"_hf{hf:g}")
+    cache = RESULTS / "classifier_folds" / tag
     cache.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:
         t0 = time.perf_counter()
-        crops, found = normalise_crops(ds.load_images(), args.size, DEFAULT_HEAD_FRACTION, align=True)
+        crops, found = normalise_crops(ds.load_images(), args.size, hf, align=True)
         print(f"head found and aligned in {found.mean():.1%} of crops", flush=True)
         x = crops_to_tensor(crops.images, args.size)
         y = ds.labels
@@ -188,8 +250,8 @@ def main(argv=None) -> int:
                 tmp.replace(out_path)
                 print(f"{key} fold {fold}: acc {res['plain']['accuracy']:.3f} f1 {res['plain']['macro_f1']:.3f}"
                       f" tta {res['tta4']['accuracy']:.3f} ({res['train_seconds']:.0f}s)", flush=True)
-                aggregate(args.dataset, args.size, cache, ds.class_names)
-    aggregate(args.dataset, args.size, cache, ds.class_names)
+                aggregate(args.dataset, args.size, cache, ds.class_names, hf)
+    aggregate(args.dataset, args.size, cache, ds.class_names, hf)
     return 0
 
 

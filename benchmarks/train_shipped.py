@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, require_data  # noqa: E402
-from bench_classifier import MODELS, TRAIN_OVERRIDES, dataset_config  # noqa: E402
+from bench_classifier import MODELS, train_kwargs  # noqa: E402
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     images = crops.images
     key = RECIPE[args.dataset]
     spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS[key])
-    cfg = TrainConfig(spec=spec, seed=args.seed, **{**dataset_config(args.dataset), **TRAIN_OVERRIDES.get(key, {})})
+    cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, args.seed))
     t0 = time.perf_counter()
 
     def show(u):
