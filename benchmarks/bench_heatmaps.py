@@ -43,6 +43,7 @@ def main(argv=None) -> int:
         tot += heatmap_peak_hits(res.heatmap, res.labels)
     secs = time.perf_counter() - t0
     n, inside, near = (int(v) for v in tot)
+    grid = -(-clf.input_size // 32)  # the backbone's output stride
     payload = {"model": args.model, "fields": len(files), "heads": n, "peak_inside": inside, "peak_within_3px": near,
                "fraction_inside": inside / max(n, 1), "fraction_within_3px": near / max(n, 1), "seconds": secs,
                "machine": machine_description()}
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
                      [[args.model, len(files), n, f"{inside} ({inside / max(n, 1):.0%})",
                        f"{near} ({near / max(n, 1):.0%})"]])
           + f"\n\nSegmented heads of every {max(1, 256 // args.fields)}th training field; target layer: CBAM output "
-          + f"(a 4x4 grid at 128 px). Machine: {payload['machine']}.\n"
+          + f"(a {grid}x{grid} grid at {clf.input_size} px). Machine: {payload['machine']}.\n"
           + f"Command: `python benchmarks/bench_heatmaps.py --fields {args.fields} --model {args.model}`\n")
     write_results("heatmaps", payload, md)
     print(md)

@@ -18,25 +18,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, require_data  # noqa: E402
-from bench_classifier import MODELS, train_kwargs  # noqa: E402
+from bench_classifier import MODELS, START, train_kwargs  # noqa: E402
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
 # The recipe each shipped model is trained with: the bench_classifier.py row that won in CV (HuSHeM: the longer
 # phase 2; SMIDS: the base recipe, the only one measured there).
 RECIPE = {"hushem": "effnet_cbam_long", "smids": "effnet_cbam"}
+# Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
+SIZE = {"hushem": 128, "smids": 128}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=["hushem", "smids"], required=True)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--size", type=int, default=None, help="input size (default: the shipped recipe's)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--refresh", action="store_true",
                     help="no training: put the shipped model's classes in canonical order and copy in the latest CV "
                          "metrics (the weights are only permuted, predictions are unchanged)")
     args = ap.parse_args(argv)
+    args.size = args.size or SIZE[args.dataset]
     if args.refresh:
         return refresh(args.dataset, args.size)
     root = data_dir(args.data)
@@ -54,6 +57,16 @@ def main(argv=None) -> int:
     images = crops.images
     key = RECIPE[args.dataset]
     spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS[key])
+    model, start = None, "ImageNet (EfficientNet-Lite0, offline weights)"
+    if key in START:
+        from napari_spermmorph.core.checkpoints import file_sha256
+        from napari_spermmorph.core.finetune import load_start_model
+        from napari_spermmorph.core.registry import resolve
+
+        model = load_start_model(START[key], ds.class_names, args.size)[0]
+        if model.spec.input_size != args.size:
+            raise SystemExit(f"{key}: the start model takes {model.spec.input_size} px, not {args.size}")
+        start = f"{START[key]} (sha256 {file_sha256(resolve(START[key]))})"
     cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, args.seed))
     t0 = time.perf_counter()
 
@@ -61,7 +74,7 @@ def main(argv=None) -> int:
         if type(u).__name__ == "EpochDone":
             print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f} val f1 {u.val_macro_f1:.3f}", flush=True)
 
-    res = train_classifier(images, ds.labels, cfg, on_update=show)
+    res = train_classifier(images, ds.labels, cfg, model=model, on_update=show)
     head_fraction = DEFAULT_HEAD_FRACTION
     name = NAMES[args.dataset]
     meta = checkpoint_meta(
@@ -70,7 +83,7 @@ def main(argv=None) -> int:
         crops_with_head_found=float(found.mean()),
         training_data=f"{SCHEMES[args.dataset]} development portion, {len(ds)} images (folders {ds.folder_names})",
         protocol="all development images; 15% stratified validation split for early stopping",
-        recipe=key, recommended_tta=4,
+        recipe=key, recommended_tta=4, start_model=start,
         cv_metrics=cv_metrics(args.dataset, args.size),
         train_seconds=time.perf_counter() - t0,
     )
