@@ -30,6 +30,8 @@ MODELS = {
     "effnet_cbam_long": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_lowlr": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_smids": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_smids_s1": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_smids_s2": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_long_s1": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_long_s2": dict(arch="efficientnet", cbam=True),
 }
@@ -43,15 +45,21 @@ TRAIN_OVERRIDES = {
     "effnet_cbam_long_s1": {"hushem": {**_LONG, "seed": 1}},
     "effnet_cbam_long_s2": {"hushem": {**_LONG, "seed": 2}},
     "effnet_cbam_smids": {"hushem": _LONG},
+    "effnet_cbam_smids_s1": {"hushem": {**_LONG, "seed": 1}},
+    "effnet_cbam_smids_s2": {"hushem": {**_LONG, "seed": 2}},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
-START = {"effnet_cbam_smids": "smids-3class"}
+START = dict.fromkeys(("effnet_cbam_smids", "effnet_cbam_smids_s1", "effnet_cbam_smids_s2"), "smids-3class")
 # Seed ensembles: softmax outputs of these variants averaged per test image (only folds where all stored them).
-ENSEMBLES = {"effnet_cbam_long_ens3": ("effnet_cbam_long", "effnet_cbam_long_s1", "effnet_cbam_long_s2")}
+ENSEMBLES = {"effnet_cbam_long_ens3": ("effnet_cbam_long", "effnet_cbam_long_s1", "effnet_cbam_long_s2"),
+             "effnet_cbam_smids_ens3": ("effnet_cbam_smids", "effnet_cbam_smids_s1", "effnet_cbam_smids_s2")}
 LABELS = {"simplecnn": "SimpleCNN (scratch)", "effnet": "EfficientNet-Lite0",
           "effnet_cbam": "EfficientNet-Lite0 + CBAM", "effnet_cbam_long": "EfficientNet-Lite0 + CBAM, phase 2 x2",
           "effnet_cbam_lowlr": "EfficientNet-Lite0 + CBAM, phase 2 at lr 1e-4 / 1e-5",
     "effnet_cbam_smids": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2",
+    "effnet_cbam_smids_s1": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2, seed 1",
+    "effnet_cbam_smids_s2": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2, seed 2",
+    "effnet_cbam_smids_ens3": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2, 3 seeds averaged",
           "effnet_cbam_long_s1": "EfficientNet-Lite0 + CBAM, phase 2 x2, seed 1",
           "effnet_cbam_long_s2": "EfficientNet-Lite0 + CBAM, phase 2 x2, seed 2",
           "effnet_cbam_long_ens3": "EfficientNet-Lite0 + CBAM, phase 2 x2, 3 seeds averaged"}
