@@ -30,10 +30,6 @@ MODELS = {
     "effnet_cbam_long": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_lowlr": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_smids": dict(arch="efficientnet", cbam=True),
-    "effnet_cbam_smids_s1": dict(arch="efficientnet", cbam=True),
-    "effnet_cbam_smids_s2": dict(arch="efficientnet", cbam=True),
-    "effnet_cbam_long_s1": dict(arch="efficientnet", cbam=True),
-    "effnet_cbam_long_s2": dict(arch="efficientnet", cbam=True),
 }
 # Recipe variants measured on the same folds (same model): candidates for the shipped recipe. Per dataset, on top
 # of dataset_config(); a variant without an entry for a dataset runs the base recipe there.
@@ -42,27 +38,31 @@ _LOW_LR = dict(lr_phase2_head=1e-4, lr_phase2_backbone=1e-5)  # the close paper'
 TRAIN_OVERRIDES = {
     "effnet_cbam_long": {"hushem": _LONG},
     "effnet_cbam_lowlr": {"hushem": {**_LONG, **_LOW_LR}, "smids": _LOW_LR},
-    "effnet_cbam_long_s1": {"hushem": {**_LONG, "seed": 1}},
-    "effnet_cbam_long_s2": {"hushem": {**_LONG, "seed": 2}},
     "effnet_cbam_smids": {"hushem": _LONG},
-    "effnet_cbam_smids_s1": {"hushem": {**_LONG, "seed": 1}},
-    "effnet_cbam_smids_s2": {"hushem": {**_LONG, "seed": 2}},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
-START = dict.fromkeys(("effnet_cbam_smids", "effnet_cbam_smids_s1", "effnet_cbam_smids_s2"), "smids-3class")
-# Seed ensembles: softmax outputs of these variants averaged per test image (only folds where all stored them).
-ENSEMBLES = {"effnet_cbam_long_ens3": ("effnet_cbam_long", "effnet_cbam_long_s1", "effnet_cbam_long_s2"),
-             "effnet_cbam_smids_ens3": ("effnet_cbam_smids", "effnet_cbam_smids_s1", "effnet_cbam_smids_s2")}
-LABELS = {"simplecnn": "SimpleCNN (scratch)", "effnet": "EfficientNet-Lite0",
-          "effnet_cbam": "EfficientNet-Lite0 + CBAM", "effnet_cbam_long": "EfficientNet-Lite0 + CBAM, phase 2 x2",
-          "effnet_cbam_lowlr": "EfficientNet-Lite0 + CBAM, phase 2 at lr 1e-4 / 1e-5",
+START = {"effnet_cbam_smids": "smids-3class"}
+LABELS = {
+    "simplecnn": "SimpleCNN (scratch)",
+    "effnet": "EfficientNet-Lite0",
+    "effnet_cbam": "EfficientNet-Lite0 + CBAM",
+    "effnet_cbam_long": "EfficientNet-Lite0 + CBAM, phase 2 x2",
+    "effnet_cbam_lowlr": "EfficientNet-Lite0 + CBAM, phase 2 at lr 1e-4 / 1e-5",
     "effnet_cbam_smids": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2",
-    "effnet_cbam_smids_s1": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2, seed 1",
-    "effnet_cbam_smids_s2": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2, seed 2",
-    "effnet_cbam_smids_ens3": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2, 3 seeds averaged",
-          "effnet_cbam_long_s1": "EfficientNet-Lite0 + CBAM, phase 2 x2, seed 1",
-          "effnet_cbam_long_s2": "EfficientNet-Lite0 + CBAM, phase 2 x2, seed 2",
-          "effnet_cbam_long_ens3": "EfficientNet-Lite0 + CBAM, phase 2 x2, 3 seeds averaged"}
+}
+# Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
+# softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
+ENSEMBLES: dict[str, tuple[str, ...]] = {}
+for _key in ("effnet_cbam_long", "effnet_cbam_smids"):
+    for _seed in (1, 2):
+        _k = f"{_key}_s{_seed}"
+        MODELS[_k] = MODELS[_key]
+        TRAIN_OVERRIDES[_k] = {ds: {**o, "seed": _seed} for ds, o in TRAIN_OVERRIDES[_key].items()}
+        LABELS[_k] = f"{LABELS[_key]}, seed {_seed}"
+        if _key in START:
+            START[_k] = START[_key]
+    ENSEMBLES[f"{_key}_ens3"] = (_key, f"{_key}_s1", f"{_key}_s2")
+    LABELS[f"{_key}_ens3"] = f"{LABELS[_key]}, 3 seeds averaged"
 PAPER = {"hushem": (0.939, 0.948), "smids": (0.902, 0.913)}
 
 
@@ -81,6 +81,18 @@ def dataset_config(name: str) -> dict:
 def train_kwargs(model_key: str, ds_name: str, seed: int = 0) -> dict:
     """TrainConfig arguments (all but the spec) of a benchmark row: dataset recipe, then the variant's changes."""
     return {"seed": seed, **dataset_config(ds_name), **TRAIN_OVERRIDES.get(model_key, {}).get(ds_name, {})}
+
+
+def start_model(model_key: str, class_names, size: int):
+    """The network a row starts from when it is not ImageNet (a shipped model with a new head), else None."""
+    if model_key not in START:
+        return None
+    from napari_spermmorph.core.finetune import load_start_model
+
+    model = load_start_model(START[model_key], class_names, size)[0]
+    if model.spec.input_size != size:
+        raise SystemExit(f"{model_key}: the start model takes {model.spec.input_size} px, not {size}")
+    return model
 
 
 def scratch_epochs(name: str) -> tuple[int, int]:
@@ -122,13 +134,7 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
         cfg.phase2_epochs, cfg.patience = scratch_epochs(ds_name)
     tr = np.flatnonzero(folds != fold)
     te = np.flatnonzero(folds == fold)
-    model = None
-    if model_key in START:
-        from napari_spermmorph.core.finetune import load_start_model
-
-        model = load_start_model(START[model_key], class_names)[0]
-        if model.spec.input_size != size:
-            raise SystemExit(f"{model_key}: the start model takes {model.spec.input_size} px, not {size}")
+    model = start_model(model_key, class_names, size)
     t0 = time.perf_counter()
     res = train_classifier(x[tr], y[tr], cfg, model=model)
     train_s = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, require_data  # noqa: E402
-from bench_classifier import MODELS, START, train_kwargs  # noqa: E402
+from bench_classifier import MODELS, START, start_model, train_kwargs  # noqa: E402
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
@@ -57,15 +57,12 @@ def main(argv=None) -> int:
     images = crops.images
     key = RECIPE[args.dataset]
     spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS[key])
-    model, start = None, "ImageNet (EfficientNet-Lite0, offline weights)"
-    if key in START:
+    model = start_model(key, ds.class_names, args.size)
+    start = "ImageNet (EfficientNet-Lite0, offline weights)"
+    if model is not None:
         from napari_spermmorph.core.checkpoints import file_sha256
-        from napari_spermmorph.core.finetune import load_start_model
         from napari_spermmorph.core.registry import resolve
 
-        model = load_start_model(START[key], ds.class_names, args.size)[0]
-        if model.spec.input_size != args.size:
-            raise SystemExit(f"{key}: the start model takes {model.spec.input_size} px, not {args.size}")
         start = f"{START[key]} (sha256 {file_sha256(resolve(START[key]))})"
     cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, args.seed))
     t0 = time.perf_counter()
