@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_spermmorph._sample_data import load_field, load_head_crops
     from napari_spermmorph.core.defaults import DEFAULT_TTA
     from napari_spermmorph.core.explain import gradcam_pp
+    from napari_spermmorph.core.models import networks
     from napari_spermmorph.core.pipeline import analyze_field
     from napari_spermmorph.core.preprocess import normalise
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     def naive_cam():
         x = normalise(clf.to_tensor(naive), spec.mean, spec.std).to(dev)
         for i in range(len(x)):
-            with GradCAMPlusPlus(model=plain, target_layers=[plain.cbam]) as cam:
+            with GradCAMPlusPlus(model=plain, target_layers=[n.cbam for n in networks(plain)]) as cam:
                 cam(input_tensor=x[i : i + 1], targets=None)
         _sync(dev)
 

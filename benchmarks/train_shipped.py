@@ -27,6 +27,8 @@ SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
 RECIPE = {"hushem": "effnet_cbam_smids", "smids": "lite1_cbam"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
+# Seeds trained and averaged per shipped model (a SeedEnsemble when > 1): the "3 seeds averaged" CV row.
+MEMBERS = {"hushem": 3, "smids": 1}
 
 
 def main(argv=None) -> int:
@@ -35,11 +37,14 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=None, help="input size (default: the shipped recipe's)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--members", type=int, default=None,
+                    help="seeds to train and average (seed, seed+1, ...; default: the shipped recipe's)")
     ap.add_argument("--refresh", action="store_true",
                     help="no training: put the shipped model's classes in canonical order and copy in the latest CV "
                          "metrics (the weights are only permuted, predictions are unchanged)")
     args = ap.parse_args(argv)
     args.size = args.size or SIZE[args.dataset]
+    args.members = args.members or MEMBERS[args.dataset]
     if args.refresh:
         return refresh(args.dataset, args.size)
     root = data_dir(args.data)
@@ -49,7 +54,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     from napari_spermmorph.core.crops import DEFAULT_HEAD_FRACTION, normalise_crops
     from napari_spermmorph.core.datasets import load_class_folders
-    from napari_spermmorph.core.models import ModelSpec
+    from napari_spermmorph.core.models import ModelSpec, SeedEnsemble
     from napari_spermmorph.core.training import TrainConfig, checkpoint_meta, train_classifier
 
     ds = load_class_folders(root / args.dataset)
@@ -57,21 +62,26 @@ def main(argv=None) -> int:
     images = crops.images
     key = RECIPE[args.dataset]
     spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS[key])
-    model = start_model(key, ds.class_names, args.size)
     start = f"ImageNet ({spec.backbone}, offline weights)"
-    if model is not None:
+    if key in START:
         from napari_spermmorph.core.checkpoints import file_sha256
         from napari_spermmorph.core.registry import resolve
 
         start = f"{START[key]} (sha256 {file_sha256(resolve(START[key]))})"
-    cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, args.seed))
     t0 = time.perf_counter()
 
     def show(u):
         if type(u).__name__ == "EpochDone":
             print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f} val f1 {u.val_macro_f1:.3f}", flush=True)
 
-    res = train_classifier(images, ds.labels, cfg, model=model, on_update=show)
+    results = []
+    for seed in range(args.seed, args.seed + args.members):
+        cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, seed))
+        print(f"member seed {seed}", flush=True)
+        results.append(train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size),
+                                        on_update=show))
+    res = results[0]
+    model = res.model if len(results) == 1 else SeedEnsemble([r.model for r in results])
     head_fraction = DEFAULT_HEAD_FRACTION
     name = NAMES[args.dataset]
     meta = checkpoint_meta(
@@ -79,21 +89,28 @@ def main(argv=None) -> int:
         align_crops=True,
         crops_with_head_found=float(found.mean()),
         training_data=f"{SCHEMES[args.dataset]} development portion, {len(ds)} images (folders {ds.folder_names})",
-        protocol="all development images; 15% stratified validation split for early stopping",
+        protocol="all development images; 15% stratified validation split for early stopping"
+        + (f"; {len(results)} members, seeds {args.seed}..{args.seed + len(results) - 1}, probabilities averaged"
+           if len(results) > 1 else ""),
         recipe=key, recommended_tta=4, start_model=start,
-        cv_metrics=cv_metrics(args.dataset, args.size),
+        cv_metrics=cv_metrics(args.dataset, args.size, len(results)),
         train_seconds=time.perf_counter() - t0,
     )
-    save_and_register(res.model, meta)
+    meta["spec"] = model.spec.to_dict()
+    if len(results) > 1:
+        meta["best_validation"] = [r.best for r in results]
+        meta["epochs_run"] = [len(r.history) for r in results]
+    save_and_register(model, meta)
     return 0
 
 
-def cv_metrics(dataset: str, size: int) -> dict:
-    """The CV figures of the shipped architecture (EfficientNet-Lite0 + CBAM), plain and with TTA."""
+def cv_metrics(dataset: str, size: int, members: int = 1) -> dict:
+    """The CV figures of the shipped recipe, plain and with TTA (its seed-ensemble row for an ensemble)."""
     cv_file = RESULTS / f"classifier_{dataset}_{size}.json"
     cv = json.loads(cv_file.read_text())["models"] if cv_file.exists() else {}
     keys = ("accuracy_mean", "accuracy_sd", "macro_f1_mean", "macro_f1_sd", "folds")
-    return {k: {m: v[m] for m in keys} for k, v in cv.items() if k.split("/")[0] == RECIPE[dataset]}
+    row = RECIPE[dataset] if members == 1 else f"{RECIPE[dataset]}_ens{members}"
+    return {k: {m: v[m] for m in keys} for k, v in cv.items() if k.split("/")[0] == row}
 
 
 def save_and_register(model, meta: dict) -> dict:
@@ -105,6 +122,7 @@ def save_and_register(model, meta: dict) -> dict:
     entry = register(path, {
         "name": meta["name"], "classes": meta["class_names"], "label_scheme": meta["label_scheme"],
         "backbone": spec.backbone, "cbam": spec.cbam, "input_size": spec.input_size,
+        "members": int(spec.extra.get("members", 1)),
         "head_fraction": meta["head_fraction"], "cv_metrics": meta["cv_metrics"],
         "licence_note": "trained on public research data; see README",
     })
@@ -117,14 +135,16 @@ def refresh(dataset: str, size: int) -> int:
     import torch
 
     from napari_spermmorph.core.inference import Classifier
+    from napari_spermmorph.core.models import networks
 
     clf = Classifier.load(NAMES[dataset], device="cpu")
     names = clf.class_names
     order = sorted(range(len(names)), key=lambda i: names[i] != "normal")
-    lin = clf.model.head[-1]
     with torch.no_grad():
-        lin.weight.copy_(lin.weight[order].clone())
-        lin.bias.copy_(lin.bias[order].clone())
+        for net in networks(clf.model):
+            lin = net.head[-1]
+            lin.weight.copy_(lin.weight[order].clone())
+            lin.bias.copy_(lin.bias[order].clone())
     meta = {k: v for k, v in clf.meta.items() if k not in ("path", "format", "package_version", "tensors_sha256")}
     meta["class_names"] = [names[i] for i in order]
     meta["cv_metrics"] = cv_metrics(dataset, size)

@@ -69,8 +69,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         best = next(iter(metrics.values()), {}) if metrics else {}
         perf = (f"CV accuracy {100 * best['accuracy_mean']:.1f}%, macro-F1 {best['macro_f1_mean']:.3f}"
                 if "accuracy_mean" in best else "no metrics recorded")
+        members = int(m.get("members", 1))
         print(f"{m['name']}: classes {', '.join(m.get('classes', []))}; {m.get('backbone')} "
-              f"{'+ CBAM ' if m.get('cbam') else ''}{m.get('input_size')} px; {perf}\n    sha256 {m.get('sha256')}")
+              f"{'+ CBAM ' if m.get('cbam') else ''}{m.get('input_size')} px"
+              f"{f', {members} seeds averaged' if members > 1 else ''}; {perf}\n    sha256 {m.get('sha256')}")
     return 0
 
 

@@ -15,28 +15,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inference import Classifier
+from .models import networks
 from .preprocess import normalise
 
-__all__ = ["gradcam_pp", "cbam_attention", "target_layer", "class_indices"]
+__all__ = ["gradcam_pp", "cbam_attention", "target_layers", "class_indices"]
 
 
-def target_layer(classifier: Classifier, layer: str | nn.Module | None = None) -> nn.Module:
-    """The layer Grad-CAM++ reads: the CBAM output, else the backbone's last feature map, else ``layer``.
+def target_layers(classifier: Classifier, layer: str | nn.Module | None = None) -> list[nn.Module]:
+    """The layers Grad-CAM++ reads: each network's CBAM output (else its last feature map), or ``layer``.
 
-    ``layer`` may be a module or a dotted name inside ``classifier.model`` (e.g. ``"features"``).
+    An ensemble gives one layer per member; Grad-CAM++ averages their maps. ``layer`` may be a module or a dotted
+    name inside ``classifier.model`` (e.g. ``"features"``, or ``"members.0.cbam"`` in an ensemble).
     """
     model = classifier.model
     if isinstance(layer, nn.Module):
-        return layer
+        return [layer]
     if isinstance(layer, str):
         try:
-            return model.get_submodule(layer)
+            return [model.get_submodule(layer)]
         except AttributeError as exc:
             raise ValueError(f"The model has no layer {layer!r}.") from exc
-    cbam = getattr(model, "cbam", None)
-    if cbam is not None and not isinstance(cbam, nn.Identity):
-        return cbam
-    return model.features
+    out = []
+    for net in networks(model):
+        cbam = getattr(net, "cbam", None)
+        out.append(cbam if cbam is not None and not isinstance(cbam, nn.Identity) else net.features)
+    return out
 
 
 def class_indices(classifier: Classifier, target: str | int | Sequence | None, n: int) -> list[int] | None:
@@ -94,6 +97,8 @@ def gradcam_pp(
 ) -> np.ndarray:
     """Grad-CAM++ maps (N, H, W) float32 in [0, 1] at the crops' own size (H = W = S for square crops).
 
+    For an ensemble, the mean of the members' maps (each scaled to [0, 1] first, as pytorch-grad-cam does).
+
     ``target``: None explains each crop's predicted class; a class name (or index) explains that class.
     """
     from pytorch_grad_cam import GradCAMPlusPlus
@@ -106,7 +111,7 @@ def gradcam_pp(
     targets = class_indices(classifier, target, n)
     model = classifier.model
     spec = classifier.spec
-    layer_mod = target_layer(classifier, layer)
+    layers = target_layers(classifier, layer)
     x = classifier.to_tensor(crops)
     was_training = model.training
     grads_before = [p.requires_grad for p in model.parameters()]
@@ -114,8 +119,8 @@ def gradcam_pp(
     with torch.inference_mode(False), torch.enable_grad():
         for p in model.parameters():
             p.requires_grad_(False)
-        cut = layer_mod.register_forward_hook(_CutGraph())
-        cam = GradCAMPlusPlus(model=model, target_layers=[layer_mod])  # registers its hooks after ours
+        cuts = [mod.register_forward_hook(_CutGraph()) for mod in layers]
+        cam = GradCAMPlusPlus(model=model, target_layers=layers)  # registers its hooks after ours
         try:
             for i in range(0, n, batch_size):
                 xb = normalise(x[i : i + batch_size].to(classifier.device), spec.mean, spec.std)
@@ -125,7 +130,8 @@ def gradcam_pp(
                 out.append(_to_crop_size(torch.from_numpy(np.nan_to_num(maps)), hw))
         finally:
             cam.activations_and_grads.release()
-            cut.remove()
+            for cut in cuts:
+                cut.remove()
             for p, g in zip(model.parameters(), grads_before):
                 p.requires_grad_(g)
             model.train(was_training)
@@ -134,10 +140,13 @@ def gradcam_pp(
 
 def cbam_attention(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarray],
                    batch_size: int = 64) -> np.ndarray:
-    """The CBAM spatial gate (sigmoid, already in [0, 1], not rescaled) upsampled to the crops' size."""
+    """The CBAM spatial gate (sigmoid, already in [0, 1], not rescaled) upsampled to the crops' size.
+
+    For an ensemble, the mean of the members' gates.
+    """
     model = classifier.model
-    cbam = getattr(model, "cbam", None)
-    if cbam is None or not hasattr(cbam, "spatial"):
+    cbams = [getattr(net, "cbam", None) for net in networks(model)]
+    if any(c is None or not hasattr(c, "spatial") for c in cbams):
         raise ValueError("This model has no CBAM block, so it has no spatial attention map to show.")
     n = len(crops)
     if n == 0:
@@ -153,7 +162,7 @@ def cbam_attention(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarr
             for i in range(0, n, batch_size):
                 xb = normalise(x[i : i + batch_size].to(classifier.device), spec.mean, spec.std)
                 model(xb.contiguous(memory_format=torch.channels_last))
-                gate = cbam.spatial.last_map[:, 0].float()  # (B, h, w)
+                gate = torch.stack([c.spatial.last_map[:, 0].float() for c in cbams]).mean(0)  # (B, h, w)
                 # the gate sees only the crop's feature grid: interpolate to the model input, then to the crop
                 up = F.interpolate(gate[:, None], size=(classifier.input_size,) * 2, mode="bilinear",
                                    align_corners=False)[:, 0]

@@ -80,8 +80,11 @@ def start_info(source: str | Path, input_size: int = 128,
 
 def load_start_model(source: str | Path, class_names: Sequence[str], input_size: int = 128,
                      pretrained: bool = True):
-    """(model, StartInfo, names of classes whose head rows were kept) with a head for ``class_names``."""
-    from .models import ModelSpec, build_model, default_normalisation
+    """(model, StartInfo, names of classes whose head rows were kept) with a head for ``class_names``.
+
+    An ensemble checkpoint starts from its first member: fine-tuning trains one network.
+    """
+    from .models import ModelSpec, SeedEnsemble, build_model, default_normalisation
 
     names = list(class_names)
     if str(source) == IMAGENET:
@@ -98,6 +101,8 @@ def load_start_model(source: str | Path, class_names: Sequence[str], input_size:
         model.load_state_dict(state, strict=True)
     except (CheckpointError, RuntimeError, KeyError) as exc:
         raise FineTuneError(f"The start model {source} cannot be loaded: {exc}") from exc
+    if isinstance(model, SeedEnsemble):
+        model = model.members[0]  # fine-tuning trains one network: an ensemble's first member
     info = start_info(source)
     kept = adapt_head(model, info.class_names, names)
     return model, info, kept

@@ -1,7 +1,9 @@
 """Classifier networks: a timm backbone + CBAM + pooled linear head, and the paper's SimpleCNN baseline.
 
 Every network exposes the same parts (``features``, ``cbam``, ``head``) so that training (freeze the backbone),
-Grad-CAM++ (target the CBAM output) and the attention view work the same way for all of them.
+Grad-CAM++ (target the CBAM output) and the attention view work the same way for all of them. A ``SeedEnsemble``
+holds several such networks trained with different seeds and averages their probabilities; explanations average
+over its ``members``.
 """
 
 from __future__ import annotations
@@ -169,8 +171,48 @@ class _TimmFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
-def build_model(spec: ModelSpec, pretrained: bool = False) -> SpermClassifierNet:
-    """Build the network; ``pretrained`` loads ImageNet weights (offline for Lite0, from the hub otherwise)."""
+class SeedEnsemble(nn.Module):
+    """Networks of one spec trained with different seeds; the output is the log of their mean softmax.
+
+    Log mean probabilities are valid logits (softmax gives the mean back), so inference, TTA and Grad-CAM++ use an
+    ensemble exactly as one network. Averaging seeds removes much of the run-to-run spread of small datasets.
+    """
+
+    def __init__(self, members: list[SpermClassifierNet]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        first = members[0].spec
+        if any(m.spec.to_dict() != first.to_dict() for m in members[1:]):
+            raise ValueError("ensemble members must share one spec (backbone, classes, input size)")
+        self.members = nn.ModuleList(members)
+        self.spec = ModelSpec.from_dict({**first.to_dict(), "extra": {**first.extra, "members": len(members)}})
+
+    @property
+    def pretrained_backbone(self) -> bool:
+        return self.members[0].pretrained_backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).float().softmax(1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
+def networks(model: nn.Module) -> list[nn.Module]:
+    """The single networks inside a model: an ensemble's members, else the model itself."""
+    return list(model.members) if isinstance(model, SeedEnsemble) else [model]
+
+
+def member_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec of one member of an ensemble spec (itself for a single network)."""
+    return ModelSpec.from_dict({**spec.to_dict(), "extra": {k: v for k, v in spec.extra.items() if k != "members"}})
+
+
+def build_model(spec: ModelSpec, pretrained: bool = False) -> SpermClassifierNet | SeedEnsemble:
+    """Build the network (an ensemble when ``spec.extra["members"]`` > 1); ``pretrained`` loads ImageNet weights
+    (offline for Lite0/1/2, from the hub otherwise)."""
+    if int(spec.extra.get("members", 1)) > 1:
+        one = member_spec(spec)
+        return SeedEnsemble([build_model(one, pretrained) for _ in range(int(spec.extra["members"]))])
     if spec.arch == "simplecnn":
         cnn = SimpleCNN()
         return SpermClassifierNet(spec, cnn, cnn.num_features)
