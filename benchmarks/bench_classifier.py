@@ -66,7 +66,7 @@ LABELS = {
 # Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
 # softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
 ENSEMBLES: dict[str, tuple[str, ...]] = {}
-for _key in ("effnet_cbam_long", "effnet_cbam_smids", "lite1_cbam_smids"):
+for _key in ("effnet_cbam_long", "effnet_cbam_smids", "lite1_cbam_long", "lite1_cbam_smids"):
     for _seed in (1, 2):
         _k = f"{_key}_s{_seed}"
         MODELS[_k] = MODELS[_key]

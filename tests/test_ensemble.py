@@ -84,3 +84,19 @@ def test_explanations_average_over_members():
     assert ab.shape == (3, 48, 48) and ab.min() >= 0 and ab.max() <= 1
     np.testing.assert_allclose(ab, ba, atol=1e-5)
     assert np.abs(ab - aa).max() > 0.05
+
+
+@pytest.mark.parametrize("n_members", [1, 2])
+def test_cpu_runner_gives_the_network_outputs(n_members):
+    """The fast CPU stand-in (ONNX Runtime when installed) classifies exactly like the network."""
+    from napari_spermmorph.core.runners import runner_kind
+
+    nets = _members(n_members)
+    model = nets[0] if n_members == 1 else SeedEnsemble(nets)
+    fast, slow = _clf(model), _clf(copy.deepcopy(model))
+    slow._runner = slow.model  # eager reference
+    crops = _crops(7, seed=3)
+    np.testing.assert_allclose(fast.predict_proba(crops, tta=4, batch_size=3), slow.predict_proba(crops, tta=4),
+                               atol=1e-5)
+    pytest.importorskip("onnxruntime")
+    assert runner_kind(fast.runner()) == "onnxruntime"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -160,20 +159,13 @@ class Classifier:
         return predict_logits(self.model, x, self.device, batch_size, views, runner=self.runner()).numpy()
 
     def runner(self) -> torch.nn.Module:
-        """On CPU a frozen, fused TorchScript graph of the network (about 1.3x faster); else the network itself.
-
-        Built once, lazily; Grad-CAM++ keeps using ``self.model`` (it needs hooks on real modules).
+        """On CPU the fastest stand-in for the network (``runners.cpu_runner``: ONNX Runtime, else TorchScript);
+        else the network itself. Built once, lazily; Grad-CAM++ keeps using ``self.model`` (it needs hooks).
         """
         if self._runner is None:
             self._runner = self.model
             if self.device.type == "cpu":
-                s = self.input_size
-                example = torch.rand(2, 3, s, s).contiguous(memory_format=torch.channels_last)
-                try:
-                    with torch.inference_mode(), warnings.catch_warnings():
-                        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still fastest here
-                        traced = torch.jit.trace(self.model.eval(), example, check_trace=False)
-                        self._runner = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-                except Exception:  # noqa: BLE001 - any tracing problem: stay eager, never fail to classify
-                    self._runner = self.model
+                from .runners import cpu_runner
+
+                self._runner = cpu_runner(self.model, self.input_size)
         return self._runner
