@@ -49,14 +49,16 @@ TRAIN_OVERRIDES = {
     "lite1_cbam_smids": {"hushem": _LONG},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
-START = {"effnet_cbam_smids": "smids-3class", "lite1_cbam_smids": "smids-3class"}
+# The Lite0 rows used the SMIDS model shipped before SMIDS moved to Lite1 (kept here, sha256 a61aef79...).
+SMIDS_LITE0 = str(Path(__file__).resolve().parent / "start_models" / "smids-3class-lite0.safetensors")
+START = {"effnet_cbam_smids": SMIDS_LITE0, "lite1_cbam_smids": "smids-3class"}
 LABELS = {
     "simplecnn": "SimpleCNN (scratch)",
     "effnet": "EfficientNet-Lite0",
     "effnet_cbam": "EfficientNet-Lite0 + CBAM",
     "effnet_cbam_long": "EfficientNet-Lite0 + CBAM, phase 2 x2",
     "effnet_cbam_lowlr": "EfficientNet-Lite0 + CBAM, phase 2 at lr 1e-4 / 1e-5",
-    "effnet_cbam_smids": "EfficientNet-Lite0 + CBAM from the SMIDS model, phase 2 x2",
+    "effnet_cbam_smids": "EfficientNet-Lite0 + CBAM from the SMIDS Lite0 model, phase 2 x2",
     "lite1_cbam": "EfficientNet-Lite1 + CBAM",
     "lite2_cbam": "EfficientNet-Lite2 + CBAM",
     "lite1_cbam_long": "EfficientNet-Lite1 + CBAM, phase 2 x2",

@@ -67,7 +67,9 @@ def main(argv=None) -> int:
         from napari_spermmorph.core.checkpoints import file_sha256
         from napari_spermmorph.core.registry import resolve
 
-        start = f"{START[key]} (sha256 {file_sha256(resolve(START[key]))})"
+        given = Path(START[key])  # a shipped model's name, or a checkpoint file in this repository
+        label = str(given.resolve().relative_to(Path(__file__).resolve().parents[1])) if given.is_file() else START[key]
+        start = f"{label} (sha256 {file_sha256(resolve(START[key]))})"
     t0 = time.perf_counter()
 
     def show(u):

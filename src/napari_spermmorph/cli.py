@@ -66,9 +66,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     for m in models:
         metrics = m.get("cv_metrics") or m.get("metrics") or {}
-        best = next(iter(metrics.values()), {}) if metrics else {}
-        perf = (f"CV accuracy {100 * best['accuracy_mean']:.1f}%, macro-F1 {best['macro_f1_mean']:.3f}"
-                if "accuracy_mean" in best else "no metrics recorded")
+        perf = "; ".join(
+            f"CV accuracy {100 * v['accuracy_mean']:.1f}%, macro-F1 {v['macro_f1_mean']:.3f}"
+            + (f" ({k.split('/')[-1].replace('tta', 'TTA x')})" if "/" in k else "")
+            for k, v in metrics.items() if "accuracy_mean" in v
+        ) or "no metrics recorded"
         members = int(m.get("members", 1))
         print(f"{m['name']}: classes {', '.join(m.get('classes', []))}; {m.get('backbone')} "
               f"{'+ CBAM ' if m.get('cbam') else ''}{m.get('input_size')} px"
