@@ -47,12 +47,15 @@ def main(argv=None) -> int:
     payload = {"model": args.model, "fields": len(files), "heads": n, "peak_inside": inside, "peak_within_3px": near,
                "fraction_inside": inside / max(n, 1), "fraction_within_3px": near / max(n, 1), "seconds": secs,
                "machine": machine_description()}
+    members = int(clf.spec.extra.get("members", 1))
     md = ("### Grad-CAM++ peak on its head (Sperm Parsing fields)\n\n"
           + md_table(["model", "fields", "heads", "peak inside the head", "peak within 3 px"],
                      [[args.model, len(files), n, f"{inside} ({inside / max(n, 1):.0%})",
                        f"{near} ({near / max(n, 1):.0%})"]])
           + f"\n\nSegmented heads of every {max(1, 256 // args.fields)}th training field; target layer: CBAM output "
-          + f"(a {grid}x{grid} grid at {clf.input_size} px). Machine: {payload['machine']}.\n"
+          + f"(a {grid}x{grid} grid at {clf.input_size} px)"
+          + (f", one per ensemble member, maps averaged ({members} members)" if members > 1 else "")
+          + f". Machine: {payload['machine']}.\n"
           + f"Command: `python benchmarks/bench_heatmaps.py --fields {args.fields} --model {args.model}`\n")
     write_results("heatmaps", payload, md)
     print(md)

@@ -1,6 +1,6 @@
 """Fast CPU stand-ins for a classifier network: ONNX Runtime, else a frozen TorchScript graph, else the network.
 
-On these 2-core CPUs ONNX Runtime runs EfficientNet-Lite about twice as fast as TorchScript (measured by
+On these 2-core CPUs ONNX Runtime runs EfficientNet-Lite faster than TorchScript (both timed by
 ``benchmarks/bench_inference.py``), which is what lets seed ensembles and TTA stay within a field's time budget.
 A runner takes and returns torch tensors like the network, so ``predict_logits`` does not care which one it got.
 Grad-CAM++ keeps using the network itself: it needs hooks on real modules.
