@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     payload = {"model": args.model, "fields": len(files), "heads": n, "peak_inside": inside, "peak_within_3px": near,
                "fraction_inside": inside / max(n, 1), "fraction_within_3px": near / max(n, 1), "seconds": secs,
                "machine": machine_description()}
-    members = int(clf.spec.extra.get("members", 1))
+    members = clf.spec.members
     md = ("### Grad-CAM++ peak on its head (Sperm Parsing fields)\n\n"
           + md_table(["model", "fields", "heads", "peak inside the head", "peak within 3 px"],
                      [[args.model, len(files), n, f"{inside} ({inside / max(n, 1):.0%})",

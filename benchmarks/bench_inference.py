@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- classification: ours (batched, channels_last, inference_mode, the CPU runner: ONNX Runtime, else a
     #      frozen TorchScript graph) vs plain eager batch-1 NCHW fp32
-    clf.runner()  # built once per loaded model (lazily): not part of the per-crop cost
-    kind = runner_kind(clf.runner())
+    kind = runner_kind(clf.runner())  # built once per loaded model (lazily): not part of the per-crop cost
 
     def ours_classify(bs: int):
         clf.predict_proba(crops, batch_size=bs)
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "classify_plain_ms_per_crop": 1000 * t_plain,
         "runner": kind,
         "classify_torchscript_ms_per_crop": None if t_script is None else 1000 * t_script,
-        "members": int(spec.extra.get("members", 1)),
+        "members": spec.members,
         "classify_speedup": t_plain / t_ours,
         "classify_crops_per_s": 1 / t_ours,
         "classify_plain_crops_per_s": 1 / t_plain,

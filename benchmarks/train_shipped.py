@@ -124,7 +124,7 @@ def save_and_register(model, meta: dict) -> dict:
     entry = register(path, {
         "name": meta["name"], "classes": meta["class_names"], "label_scheme": meta["label_scheme"],
         "backbone": spec.backbone, "cbam": spec.cbam, "input_size": spec.input_size,
-        "members": int(spec.extra.get("members", 1)),
+        "members": spec.members,
         "head_fraction": meta["head_fraction"], "cv_metrics": meta["cv_metrics"],
         "licence_note": "trained on public research data; see README",
     })
@@ -149,7 +149,7 @@ def refresh(dataset: str, size: int) -> int:
             lin.bias.copy_(lin.bias[order].clone())
     meta = {k: v for k, v in clf.meta.items() if k not in ("path", "format", "package_version", "tensors_sha256")}
     meta["class_names"] = [names[i] for i in order]
-    meta["cv_metrics"] = cv_metrics(dataset, size)
+    meta["cv_metrics"] = cv_metrics(dataset, size, clf.spec.members)
     save_and_register(clf.model.to(memory_format=torch.contiguous_format), meta)
     return 0
 

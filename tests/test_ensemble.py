@@ -37,7 +37,7 @@ def _clf(model) -> Classifier:
 def test_probabilities_are_the_members_mean():
     a, b = _members()
     ens = SeedEnsemble([a, b])
-    assert ens.spec.extra["members"] == 2 and ens.spec.num_classes == 3
+    assert ens.spec.members == 2 and a.spec.members == 1 and ens.spec.num_classes == 3
     crops = _crops()
     for tta in (1, 4):
         p = _clf(ens).predict_proba(crops, tta=tta)

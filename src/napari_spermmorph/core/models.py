@@ -36,6 +36,11 @@ class ModelSpec:
     cbam_kernel: int = 7
     extra: dict = field(default_factory=dict)
 
+    @property
+    def members(self) -> int:
+        """Networks in the model: > 1 for a SeedEnsemble (``extra["members"]``)."""
+        return int(self.extra.get("members", 1))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
@@ -210,9 +215,9 @@ def member_spec(spec: ModelSpec) -> ModelSpec:
 def build_model(spec: ModelSpec, pretrained: bool = False) -> SpermClassifierNet | SeedEnsemble:
     """Build the network (an ensemble when ``spec.extra["members"]`` > 1); ``pretrained`` loads ImageNet weights
     (offline for Lite0/1/2, from the hub otherwise)."""
-    if int(spec.extra.get("members", 1)) > 1:
+    if spec.members > 1:
         one = member_spec(spec)
-        return SeedEnsemble([build_model(one, pretrained) for _ in range(int(spec.extra["members"]))])
+        return SeedEnsemble([build_model(one, pretrained) for _ in range(spec.members)])
     if spec.arch == "simplecnn":
         cnn = SimpleCNN()
         return SpermClassifierNet(spec, cnn, cnn.num_features)
