@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import warnings
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,7 +35,7 @@ class OrtRunner:
         self.session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().float().contiguous().cpu().numpy())
+        arr = x.detach().float().contiguous().cpu().numpy()  # NCHW, dense (callers may pass channels_last)
         return torch.from_numpy(self.session.run(None, {"x": arr})[0])
 
 
