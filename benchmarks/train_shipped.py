@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +28,9 @@ RECIPE = {"hushem": "effnet_cbam_smids", "smids": "lite1_cbam"}
 SIZE = {"hushem": 128, "smids": 128}
 # Seeds trained and averaged per shipped model (a SeedEnsemble when > 1): the "3 seeds averaged" CV row.
 MEMBERS = {"hushem": 3, "smids": 1}
+# Each trained member is kept here (fp32 safetensors + metadata, not committed): an interrupted run resumes, and
+# members can train in parallel processes (``--seed 1 --members 1``, ``--seed 2 --members 1``, then the full run).
+MEMBER_CACHE = Path(__file__).resolve().parent / "cache" / "shipped_members"
 
 
 def main(argv=None) -> int:
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    from napari_spermmorph.core.checkpoints import save_checkpoint
     from napari_spermmorph.core.crops import DEFAULT_HEAD_FRACTION, normalise_crops
     from napari_spermmorph.core.datasets import load_class_folders
     from napari_spermmorph.core.models import ModelSpec, SeedEnsemble
@@ -70,7 +73,6 @@ def main(argv=None) -> int:
         given = Path(START[key])  # a shipped model's name, or a checkpoint file in this repository
         label = str(given.resolve().relative_to(Path(__file__).resolve().parents[1])) if given.is_file() else START[key]
         start = f"{label} (sha256 {file_sha256(resolve(START[key]))})"
-    t0 = time.perf_counter()
 
     def show(u):
         if type(u).__name__ == "EpochDone":
@@ -79,9 +81,15 @@ def main(argv=None) -> int:
     results = []
     for seed in range(args.seed, args.seed + args.members):
         cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, seed))
-        print(f"member seed {seed}", flush=True)
-        results.append(train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size),
-                                        on_update=show))
+        cached = MEMBER_CACHE / f"{args.dataset}_{key}_{args.size}_seed{seed}.safetensors"
+        res = load_member(cached, cfg, len(ds))
+        if res is None:
+            print(f"member seed {seed}", flush=True)
+            res = train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size),
+                                   on_update=show)
+            save_checkpoint(cached, res.model, checkpoint_meta(res, ds.class_names, cfg, n_images=len(ds),
+                                                               train_seconds=res.seconds), half=False)
+        results.append(res)
     res = results[0]
     model = res.model if len(results) == 1 else SeedEnsemble([r.model for r in results])
     head_fraction = DEFAULT_HEAD_FRACTION
@@ -91,12 +99,14 @@ def main(argv=None) -> int:
         align_crops=True,
         crops_with_head_found=float(found.mean()),
         training_data=f"{SCHEMES[args.dataset]} development portion, {len(ds)} images (folders {ds.folder_names})",
-        protocol="all development images; 15% stratified validation split for early stopping"
+        protocol="all development images; "
+        + (f"{cfg.val_fraction:.0%} stratified validation split for early stopping" if cfg.val_fraction > 0
+           else "no validation split: every epoch on every image, final weights kept")
         + (f"; {len(results)} members, seeds {args.seed}..{args.seed + len(results) - 1}, probabilities averaged"
            if len(results) > 1 else ""),
         recipe=key, recommended_tta=4, start_model=start,
         cv_metrics=cv_metrics(args.dataset, args.size, len(results)),
-        train_seconds=time.perf_counter() - t0,
+        train_seconds=sum(r.seconds for r in results),  # members reused from the cache count their own time
     )
     meta["spec"] = model.spec.to_dict()
     if len(results) > 1:
@@ -104,6 +114,25 @@ def main(argv=None) -> int:
         meta["epochs_run"] = [len(r.history) for r in results]
     save_and_register(model, meta)
     return 0
+
+
+def load_member(path: Path, cfg, n_images: int):
+    """A member trained before with exactly this recipe and data size (as a TrainingFinished), else None."""
+    from napari_spermmorph.core.checkpoints import load_checkpoint
+    from napari_spermmorph.core.models import ModelSpec, build_model
+    from napari_spermmorph.core.training import TrainingFinished
+
+    if not path.is_file():
+        return None
+    state, meta = load_checkpoint(path)
+    if meta["train_config"] != json.loads(json.dumps(cfg.to_dict())) or meta.get("n_images") != n_images:
+        print(f"{path.name}: trained with another recipe or data, training again", flush=True)
+        return None
+    model = build_model(ModelSpec.from_dict(meta["spec"]), pretrained=False)
+    model.load_state_dict(state, strict=True)
+    print(f"member {path.name}: reused", flush=True)
+    return TrainingFinished(model.eval(), [{}] * meta["epochs_run"], meta["best_validation"], False,
+                            meta["train_seconds"])
 
 
 def cv_metrics(dataset: str, size: int, members: int = 1) -> dict:

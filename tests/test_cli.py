@@ -117,6 +117,11 @@ def test_train_and_cv_run_end_to_end(tmp_path, capsys):
     cv = json.loads(out.read_text())
     assert cv["folds"] == 2 and len(cv["per_fold"]) == 2 and np.sum(cv["confusion_matrix"]) == 18
     assert sum(f["n"] for f in cv["per_fold"]) == 18
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(ckpt), "--val-fraction", "0", *small]) == 0
+    assert "final weights, no validation" in capsys.readouterr().out
+    meta = read_metadata(ckpt)
+    assert meta["train_config"]["val_fraction"] == 0.0 and meta["best_validation"]["final_weights"]
 
 
 @pytest.mark.slow

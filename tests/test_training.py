@@ -99,3 +99,23 @@ def test_label_out_of_range_is_a_clear_error(data):
     cfg = TrainConfig(spec=ModelSpec(num_classes=2, input_size=48), pretrained=False, phase2_epochs=1)
     with pytest.raises(ValueError, match="classes"):
         train_classifier(x, np.asarray(y), cfg)
+
+
+def test_without_validation_every_epoch_runs_on_every_image_and_the_final_weights_are_kept(data):
+    """val_fraction 0: no hold-out, no early stopping (patience 1 would stop a validated run early)."""
+    x, y, xt, yt = data
+    spec = ModelSpec(arch="simplecnn", cbam=False, num_classes=3, input_size=48)
+    cfg = TrainConfig(spec=spec, pretrained=False, phase2_epochs=8, lr_phase1=3e-3, batch_size=16, seed=0,
+                      patience=1, val_fraction=0.0)
+    updates = list(iter_training(x, y, cfg))
+    started = [u for u in updates if isinstance(u, PhaseStarted)]
+    epochs = [u for u in updates if isinstance(u, EpochDone)]
+    final = updates[-1]
+    assert started[0].n_train == len(y) and started[0].n_val == 0
+    assert len(epochs) == 8 and not any(e.is_best for e in epochs)
+    assert final.best == {"phase": 2, "epoch": 7, "final_weights": True}
+    weights = {k: v.clone() for k, v in final.model.state_dict().items()}
+    again = train_classifier(x, y, cfg).model.state_dict()  # repeatable, and nothing restored from an epoch
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    probs = predict_logits(final.model, xt, torch.device("cpu"))
+    assert classification_metrics(yt, probs.argmax(1).numpy(), list(CLASSES))["accuracy"] > 0.6

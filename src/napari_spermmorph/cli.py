@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -151,13 +152,15 @@ def _train_config(args: argparse.Namespace, num_classes: int):
     spec = ModelSpec(arch=args.arch, backbone=args.backbone, cbam=not args.no_cbam, num_classes=num_classes,
                      input_size=args.size, mean=mean, std=std)
     return TrainConfig(spec=spec, phase1_epochs=args.epochs1, phase2_epochs=args.epochs2,
-                       batch_size=args.batch_size, seed=args.seed, device=args.device)
+                       batch_size=args.batch_size, seed=args.seed, device=args.device,
+                       val_fraction=args.val_fraction)
 
 
 def _show_epoch(update) -> None:
     if type(update).__name__ == "EpochDone":
-        _err(f"  phase {update.phase} epoch {update.epoch + 1}/{update.epochs}: loss {update.train_loss:.3f}, "
-             f"val acc {100 * update.val_acc:.1f}%, val macro-F1 {update.val_macro_f1:.3f}"
+        val = ("" if math.isnan(update.val_acc) else
+               f", val acc {100 * update.val_acc:.1f}%, val macro-F1 {update.val_macro_f1:.3f}")
+        _err(f"  phase {update.phase} epoch {update.epoch + 1}/{update.epochs}: loss {update.train_loss:.3f}{val}"
              + (" (best)" if update.is_best else ""))
 
 
@@ -179,8 +182,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                            training_data=str(Path(args.dir).resolve()), train_seconds=res.seconds)
     path = save_checkpoint(args.out, res.model, meta)
     best = res.best or {}
-    print(f"saved {path} (best validation macro-F1 {best.get('val_macro_f1', float('nan')):.3f}, "
-          f"{len(res.history)} epochs, {res.seconds:.0f} s)")
+    chosen = ("final weights, no validation" if best.get("final_weights")
+              else f"best validation macro-F1 {best.get('val_macro_f1', float('nan')):.3f}")
+    print(f"saved {path} ({chosen}, {len(res.history)} epochs, {res.seconds:.0f} s)")
     return 0
 
 
@@ -355,6 +359,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cbam", action="store_true", help="leave out the CBAM attention block")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="held out for early stopping (default 0.15); 0 trains on every image for all epochs and "
+                        "keeps the final weights (small datasets). Fine-tuning (--from) keeps its own split")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
 

@@ -12,6 +12,7 @@ the yielded updates and stops it with ``should_stop`` (checked between batches).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -138,7 +139,9 @@ def iter_training(
     """Train and yield updates; the last one is ``TrainingFinished`` with the best model restored.
 
     Images are crops (any size, gray or RGB) or an already-prepared (N, 3, S, S) tensor in [0, 1].
-    Without validation images, a stratified ``val_fraction`` of the training set is held out.
+    Without validation images, a stratified ``val_fraction`` of the training set is held out. With
+    ``val_fraction`` 0 nothing is held out: every epoch runs and the final weights are kept (the cosine schedule
+    ends at zero), which suits tiny datasets, where early stopping on ~20 images picks epochs by noise.
     ``model`` continues training an existing network (fine-tuning); otherwise one is built from the config.
     """
     t_start = time.perf_counter()
@@ -148,7 +151,9 @@ def iter_training(
     device = resolve_device(config.device)
     x = _as_tensor(train_images, spec.input_size)
     y = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
-    if val_images is None:
+    if val_images is None and config.val_fraction <= 0:
+        xv = yv = None
+    elif val_images is None:
         tr, va = stratified_split(y.numpy(), config.val_fraction, config.seed)
         xv, yv = x[va], y[va]
         x, y = x[tr], y[tr]
@@ -167,6 +172,8 @@ def iter_training(
     stopped = False
 
     def evaluate() -> tuple[float, float, float]:
+        if xv is None:
+            return math.nan, math.nan, math.nan
         probs = predict_logits(model, xv, device, batch_size=64)
         loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-8)), yv))
         m = classification_metrics(yv.numpy(), probs.argmax(1).numpy(), names)
@@ -179,7 +186,7 @@ def iter_training(
         phases.append(2)
     for phase in phases:
         epochs = config.phase1_epochs if phase == 1 else config.phase2_epochs
-        yield PhaseStarted(phase, epochs, len(x), len(xv))
+        yield PhaseStarted(phase, epochs, len(x), 0 if xv is None else len(xv))
         if phase == 1:
             runner = _phase1(model, x, y, config, device, gen)
         else:
@@ -200,7 +207,7 @@ def iter_training(
                 break
             vloss, vacc, vf1 = evaluate()
             info = {"phase": phase, "epoch": epoch, "val_loss": vloss, "val_acc": vacc, "val_macro_f1": vf1}
-            is_best = best.offer(model, vf1, vloss, info)
+            is_best = xv is not None and best.offer(model, vf1, vloss, info)
             upd = EpochDone(phase, epoch, epochs, float(np.mean(losses)), correct / max(seen, 1),
                             vloss, vacc, vf1, is_best, time.perf_counter() - t0)
             history.append(asdict(upd))
@@ -214,7 +221,10 @@ def iter_training(
     if best.state is not None:
         model.load_state_dict(best.state)
     model.eval()
-    yield TrainingFinished(model, history, best.info, stopped, time.perf_counter() - t_start)
+    chosen = best.info
+    if xv is None and history:  # no validation: the final weights, named by their epoch
+        chosen = {"phase": history[-1]["phase"], "epoch": history[-1]["epoch"], "final_weights": True}
+    yield TrainingFinished(model, history, chosen, stopped, time.perf_counter() - t_start)
 
 
 def train_classifier(*args, on_update: Callable[[TrainUpdate], None] | None = None, **kwargs) -> TrainingFinished:
