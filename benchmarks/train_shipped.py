@@ -22,14 +22,14 @@ from bench_classifier import MODELS, START, start_model, train_kwargs  # noqa: E
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
 # The recipe each shipped model is trained with: the bench_classifier.py row that won in CV (HuSHeM: start from
-# the shipped SMIDS model, longer phase 2; SMIDS: the base recipe). Train SMIDS first: HuSHeM starts from it.
-RECIPE = {"hushem": "effnet_cbam_smids", "smids": "lite1_cbam"}
+# the earlier SMIDS Lite0 model, longer phase 2, no validation hold-out; SMIDS: Lite1, the base recipe).
+RECIPE = {"hushem": "effnet_cbam_smids_noval", "smids": "lite1_cbam"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
-# Seeds trained and averaged per shipped model (a SeedEnsemble when > 1): the "3 seeds averaged" CV row.
-MEMBERS = {"hushem": 3, "smids": 1}
+# Seeds trained and averaged per shipped model (a SeedEnsemble when > 1): its "N seeds averaged" CV row.
+MEMBERS = {"hushem": 3, "smids": 2}
 # Each trained member is kept here (fp32 safetensors + metadata, not committed): an interrupted run resumes, and
-# members can train in parallel processes (``--seed 1 --members 1``, ``--seed 2 --members 1``, then the full run).
+# members can train in parallel processes (``--seed 1 --members 1 --members-only``, ..., then the full run).
 MEMBER_CACHE = Path(__file__).resolve().parent / "cache" / "shipped_members"
 
 
@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--members", type=int, default=None,
                     help="seeds to train and average (seed, seed+1, ...; default: the shipped recipe's)")
+    ap.add_argument("--members-only", action="store_true",
+                    help="train the members into the cache and stop (nothing registered): for parallel processes")
     ap.add_argument("--refresh", action="store_true",
                     help="no training: put the shipped model's classes in canonical order and copy in the latest CV "
                          "metrics (the weights are only permuted, predictions are unchanged)")
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     for seed in range(args.seed, args.seed + args.members):
         cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, seed))
         cached = MEMBER_CACHE / f"{args.dataset}_{key}_{args.size}_seed{seed}.safetensors"
-        res = load_member(cached, cfg, len(ds))
+        res = load_member(cached, cfg, ds.class_names, len(ds))
         if res is None:
             print(f"member seed {seed}", flush=True)
             res = train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size),
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
             save_checkpoint(cached, res.model, checkpoint_meta(res, ds.class_names, cfg, n_images=len(ds),
                                                                train_seconds=res.seconds), half=False)
         results.append(res)
+    if args.members_only:
+        return 0
     res = results[0]
     model = res.model if len(results) == 1 else SeedEnsemble([r.model for r in results])
     head_fraction = DEFAULT_HEAD_FRACTION
@@ -116,8 +120,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def load_member(path: Path, cfg, n_images: int):
-    """A member trained before with exactly this recipe and data size (as a TrainingFinished), else None."""
+def load_member(path: Path, cfg, class_names: list[str], n_images: int):
+    """A member trained before with exactly this recipe, classes (in order) and data size, else None."""
     from napari_spermmorph.core.checkpoints import load_checkpoint
     from napari_spermmorph.core.models import ModelSpec, build_model
     from napari_spermmorph.core.training import TrainingFinished
@@ -125,7 +129,9 @@ def load_member(path: Path, cfg, n_images: int):
     if not path.is_file():
         return None
     state, meta = load_checkpoint(path)
-    if meta["train_config"] != json.loads(json.dumps(cfg.to_dict())) or meta.get("n_images") != n_images:
+    same = (meta["train_config"] == json.loads(json.dumps(cfg.to_dict())) and meta.get("n_images") == n_images
+            and meta["class_names"] == list(class_names))
+    if not same:
         print(f"{path.name}: trained with another recipe or data, training again", flush=True)
         return None
     model = build_model(ModelSpec.from_dict(meta["spec"]), pretrained=False)
