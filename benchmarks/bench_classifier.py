@@ -215,6 +215,18 @@ def _ensemble_runs(cache: Path, members: tuple[str, ...], class_names) -> list[d
     return runs
 
 
+def validation_vs_test(cache: Path, members: tuple[str, ...]) -> dict | None:
+    """Does the validation split pick good epochs? Over every (member, fold) run of a seed ensemble: the chosen
+    epoch's validation macro-F1 against the test fold's accuracy (no TTA), and their correlation."""
+    runs = [json.loads(p.read_text()) for m in members for p in sorted(cache.glob(f"{m}_fold*.json"))]
+    pairs = [(r["best"]["val_macro_f1"], r["plain"]["accuracy"]) for r in runs if "val_macro_f1" in r.get("best", {})]
+    if len(pairs) < 3:
+        return None
+    val, test = np.array(pairs).T
+    return {"runs": len(pairs), "val_macro_f1_mean": float(val.mean()), "test_accuracy_mean": float(test.mean()),
+            "pearson_r": float(np.corrcoef(val, test)[0, 1])}
+
+
 def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: float) -> None:
     from napari_spermmorph.core.evaluation import mean_std
     from napari_spermmorph.core.training import TrainConfig
@@ -243,6 +255,11 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
             }
             rows.append([label, f"{len(runs)}/5", f"{am * 100:.1f} ± {asd * 100:.1f}", f"{fm:.3f} ± {fsd:.3f}",
                          f"{np.mean([r['train_seconds'] for r in runs]) / 60:.1f}"])
+    checks = {k: v for k in ENSEMBLES if (v := validation_vs_test(cache, ENSEMBLES[k]))}
+    payload["validation_vs_test"] = checks
+    notes = "".join(f"Validation split vs test fold, {c['runs']} runs of \"{LABELS[k]}\": chosen epoch's validation "
+                    f"macro-F1 {c['val_macro_f1_mean']:.2f}, test accuracy {c['test_accuracy_mean']:.2f}, "
+                    f"r = {c['pearson_r']:.2f}.\n" for k, c in checks.items())
     pa, pf = PAPER[ds_name]
     payload["class_names"] = list(class_names)
     rows.append(["paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
@@ -254,6 +271,7 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
           + f"Recipe: phase 1 {recipe['phase1_epochs']} epochs (frozen, {recipe['cache_views']} cached views), phase 2 "
           + f"{recipe['phase2_epochs']} epochs, patience {recipe['patience']}, MixUp {recipe['mixup_alpha']}, label "
           + f"smoothing {recipe['label_smoothing']}; SimpleCNN {recipe['simplecnn_epochs_patience'][0]} epochs.\n"
+          + notes
           + f"Command: `python benchmarks/bench_classifier.py --dataset {ds_name} --size {size}{hf_arg}`\n")
     write_results(f"classifier_{cache.name}", payload, md)
     print(md)

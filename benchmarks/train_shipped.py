@@ -78,7 +78,8 @@ def main(argv=None) -> int:
 
     def show(u):
         if type(u).__name__ == "EpochDone":
-            print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f} val f1 {u.val_macro_f1:.3f}", flush=True)
+            val = "" if u.val_macro_f1 != u.val_macro_f1 else f" val f1 {u.val_macro_f1:.3f}"  # NaN: no validation
+            print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f}{val}", flush=True)
 
     results = []
     for seed in range(args.seed, args.seed + args.members):
