@@ -95,6 +95,10 @@ for _key in ("effnet_cbam_long", "effnet_cbam_smids", "lite1_cbam_long", "lite1_
 ENSEMBLES["effnet_cbam_smids_ens5"] = ENSEMBLES["effnet_cbam_smids_ens3"] + tuple(
     _seed_variant("effnet_cbam_smids", s) for s in (3, 4))
 LABELS["effnet_cbam_smids_ens5"] = f"{LABELS['effnet_cbam_smids']}, 5 seeds averaged"
+# The no-hold-out recipe that ships for HuSHeM: seeds 3 and 4 too, to see whether seeds 0-2 were a lucky draw.
+ENSEMBLES["effnet_cbam_smids_noval_ens5"] = ENSEMBLES["effnet_cbam_smids_noval_ens3"] + tuple(
+    _seed_variant("effnet_cbam_smids_noval", s) for s in (3, 4))
+LABELS["effnet_cbam_smids_noval_ens5"] = f"{LABELS['effnet_cbam_smids_noval']}, 5 seeds averaged"
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"

@@ -27,7 +27,7 @@ RECIPE = {"hushem": "effnet_cbam_smids_noval", "smids": "lite1_cbam"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
 # Seeds trained and averaged per shipped model (a SeedEnsemble when > 1): its "N seeds averaged" CV row.
-MEMBERS = {"hushem": 3, "smids": 2}
+MEMBERS = {"hushem": 3, "smids": 3}
 # Each trained member is kept here (fp32 safetensors + metadata, not committed): an interrupted run resumes, and
 # members can train in parallel processes (``--seed 1 --members 1 --members-only``, ..., then the full run).
 MEMBER_CACHE = Path(__file__).resolve().parent / "cache" / "shipped_members"
@@ -90,8 +90,9 @@ def main(argv=None) -> int:
             print(f"member seed {seed}", flush=True)
             res = train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size),
                                    on_update=show)
-            save_checkpoint(cached, res.model, checkpoint_meta(res, ds.class_names, cfg, n_images=len(ds),
-                                                               train_seconds=res.seconds), half=False)
+            save_checkpoint(cached, res.model, checkpoint_meta(  # loadable as a model too: same crop geometry
+                res, ds.class_names, cfg, n_images=len(ds), train_seconds=res.seconds,
+                head_fraction=DEFAULT_HEAD_FRACTION, align_crops=True), half=False)
         results.append(res)
     if args.members_only:
         return 0
