@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
 
     def show(u):
         if type(u).__name__ == "EpochDone":
-            val = "" if u.val_macro_f1 != u.val_macro_f1 else f" val f1 {u.val_macro_f1:.3f}"  # NaN: no validation
+            val = "" if math.isnan(u.val_macro_f1) else f" val f1 {u.val_macro_f1:.3f}"  # NaN: no validation
             print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f}{val}", flush=True)
 
     results = []
@@ -124,22 +125,20 @@ def main(argv=None) -> int:
 
 def load_member(path: Path, cfg, class_names: list[str], n_images: int):
     """A member trained before with exactly this recipe, classes (in order) and data size, else None."""
-    from napari_spermmorph.core.checkpoints import load_checkpoint
-    from napari_spermmorph.core.models import ModelSpec, build_model
+    from napari_spermmorph.core.inference import Classifier
     from napari_spermmorph.core.training import TrainingFinished
 
     if not path.is_file():
         return None
-    state, meta = load_checkpoint(path)
+    clf = Classifier.load(path, device="cpu")
+    meta = clf.meta
     same = (meta["train_config"] == json.loads(json.dumps(cfg.to_dict())) and meta.get("n_images") == n_images
             and meta["class_names"] == list(class_names))
     if not same:
         print(f"{path.name}: trained with another recipe or data, training again", flush=True)
         return None
-    model = build_model(ModelSpec.from_dict(meta["spec"]), pretrained=False)
-    model.load_state_dict(state, strict=True)
     print(f"member {path.name}: reused", flush=True)
-    return TrainingFinished(model.eval(), [{}] * meta["epochs_run"], meta["best_validation"], False,
+    return TrainingFinished(clf.model.eval(), [{}] * meta["epochs_run"], meta["best_validation"], False,
                             meta["train_seconds"])
 
 

@@ -115,7 +115,7 @@ def test_without_validation_every_epoch_runs_on_every_image_and_the_final_weight
     assert len(epochs) == 8 and not any(e.is_best for e in epochs)
     assert final.best == {"phase": 2, "epoch": 7, "final_weights": True}
     weights = {k: v.clone() for k, v in final.model.state_dict().items()}
-    again = train_classifier(x, y, cfg).model.state_dict()  # repeatable, and nothing restored from an epoch
+    again = train_classifier(x, y, cfg).model.state_dict()  # repeatable
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     probs = predict_logits(final.model, xt, torch.device("cpu"))
     assert classification_metrics(yt, probs.argmax(1).numpy(), list(CLASSES))["accuracy"] > 0.6
