@@ -36,6 +36,9 @@ MODELS = {
     "lite2_cbam_long": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite2"),
     "lite1_cbam_smids": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "effnet_cbam_smids_noval": dict(arch="efficientnet", cbam=True),
+    "lite1_cbam_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
+    "lite1_cbam_smids_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
+    "lite1_cbam_nohold": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
 }
 # Recipe variants measured on the same folds (same model): candidates for the shipped recipe. Per dataset, on top
 # of dataset_config(); a variant without an entry for a dataset runs the base recipe there.
@@ -51,11 +54,15 @@ TRAIN_OVERRIDES = {
     # No validation hold-out: early stopping on HuSHeM's ~22 validation images picked epochs by noise (see the
     # "Validation split vs test fold" lines under the table); all training images, every epoch, final weights.
     "effnet_cbam_smids_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
+    "lite1_cbam_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
+    "lite1_cbam_smids_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
+    "lite1_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
 # The Lite0 rows used the SMIDS model shipped before SMIDS moved to Lite1 (kept here, sha256 a61aef79...).
 SMIDS_LITE0 = str(Path(__file__).resolve().parent / "start_models" / "smids-3class-lite0.safetensors")
-START = {"effnet_cbam_smids": SMIDS_LITE0, "lite1_cbam_smids": "smids-3class", "effnet_cbam_smids_noval": SMIDS_LITE0}
+START = {"effnet_cbam_smids": SMIDS_LITE0, "lite1_cbam_smids": "smids-3class", "effnet_cbam_smids_noval": SMIDS_LITE0,
+         "lite1_cbam_smids_noval": "smids-3class"}
 LABELS = {
     "simplecnn": "SimpleCNN (scratch)",
     "effnet": "EfficientNet-Lite0",
@@ -70,6 +77,10 @@ LABELS = {
     "lite1_cbam_smids": "EfficientNet-Lite1 + CBAM from the SMIDS Lite1 model, phase 2 x2",
     "effnet_cbam_smids_noval":
         "EfficientNet-Lite0 + CBAM from the SMIDS Lite0 model, phase 2 x2, no validation hold-out",
+    "lite1_cbam_noval": "EfficientNet-Lite1 + CBAM, phase 2 x2, no validation hold-out",
+    "lite1_cbam_smids_noval":
+        "EfficientNet-Lite1 + CBAM from the SMIDS Lite1 model, phase 2 x2, no validation hold-out",
+    "lite1_cbam_nohold": "EfficientNet-Lite1 + CBAM, no validation hold-out",
 }
 # Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
 # softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
@@ -96,6 +107,15 @@ for _key in ("effnet_cbam_long", "effnet_cbam_smids", "lite1_cbam_long", "lite1_
 for _key in ("effnet_cbam_smids", "effnet_cbam_smids_noval"):
     ENSEMBLES[f"{_key}_ens5"] = ENSEMBLES[f"{_key}_ens3"] + tuple(_seed_variant(_key, s) for s in (3, 4))
     LABELS[f"{_key}_ens5"] = f"{LABELS[_key]}, 5 seeds averaged"
+# One no-hold-out member per start (SMIDS Lite0, ImageNet Lite1, SMIDS Lite1), averaged: do different backbones and
+# starts add more than seeds of one? Seeds 0 and 1 of each, as two separate three-member ensembles.
+for _key in ("lite1_cbam_noval", "lite1_cbam_smids_noval"):
+    _seed_variant(_key, 1)
+for _s, _keys in ((0, ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smids_noval")),
+                  (1, ("effnet_cbam_smids_noval_s1", "lite1_cbam_noval_s1", "lite1_cbam_smids_noval_s1"))):
+    ENSEMBLES[f"noval_mixed_s{_s}"] = _keys
+    LABELS[f"noval_mixed_s{_s}"] = ("no validation hold-out, one member per start (Lite0 from SMIDS, Lite1, Lite1 from "
+                                    f"SMIDS), seed {_s} each")
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"

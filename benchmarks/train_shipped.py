@@ -18,19 +18,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, require_data  # noqa: E402
-from bench_classifier import MODELS, START, start_model, train_kwargs  # noqa: E402
+from bench_classifier import ENSEMBLES, MODELS, START, start_model, train_kwargs  # noqa: E402
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
-# The recipe each shipped model is trained with: the bench_classifier.py row that won in CV (HuSHeM: start from
-# the earlier SMIDS Lite0 model, longer phase 2, no validation hold-out; SMIDS: Lite1, the base recipe).
-RECIPE = {"hushem": "effnet_cbam_smids_noval", "smids": "lite1_cbam"}
+# The recipe each shipped model is trained with: the bench_classifier.py row that won in CV. HuSHeM: an ensemble
+# row, one no-hold-out member per start (SMIDS Lite0, ImageNet Lite1, SMIDS Lite1), its members as listed there;
+# SMIDS: Lite1, the base recipe, seeds averaged (MEMBERS).
+RECIPE = {"hushem": "noval_mixed_s0", "smids": "lite1_cbam"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
-# Seeds trained and averaged per shipped model (a SeedEnsemble when > 1): its "N seeds averaged" CV row.
-MEMBERS = {"hushem": 3, "smids": 2}
+# Seeds trained and averaged when the recipe is a single row (a SeedEnsemble when > 1): its "N seeds averaged" row.
+MEMBERS = {"hushem": 1, "smids": 2}
 # Each trained member is kept here (fp32 safetensors + metadata, not committed): an interrupted run resumes, and
-# members can train in parallel processes (``--seed 1 --members 1 --members-only``, ..., then the full run).
+# members can train in parallel processes (``--member-index 1 --members-only``, ..., then the full run).
 MEMBER_CACHE = Path(__file__).resolve().parent / "cache" / "shipped_members"
 
 
@@ -41,7 +42,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--members", type=int, default=None,
-                    help="seeds to train and average (seed, seed+1, ...; default: the shipped recipe's)")
+                    help="seeds to train and average (seed, seed+1, ...; default: the shipped recipe's); not for a "
+                         "recipe that is an ensemble row, whose members are fixed")
+    ap.add_argument("--member-index", type=int, default=None,
+                    help="with --members-only: train only this member (0-based), e.g. one per process")
     ap.add_argument("--members-only", action="store_true",
                     help="train the members into the cache and stop (nothing registered): for parallel processes")
     ap.add_argument("--refresh", action="store_true",
@@ -50,6 +54,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.size = args.size or SIZE[args.dataset]
     args.members = args.members or MEMBERS[args.dataset]
+    if args.member_index is not None and not args.members_only:
+        raise SystemExit("--member-index trains one member into the cache: use it with --members-only")
     if args.refresh:
         return refresh(args.dataset, args.size)
     root = data_dir(args.data)
@@ -66,29 +72,24 @@ def main(argv=None) -> int:
     ds = load_class_folders(root / args.dataset)
     crops, found = normalise_crops(ds.load_images(), args.size, DEFAULT_HEAD_FRACTION, align=True)
     images = crops.images
-    key = RECIPE[args.dataset]
-    spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS[key])
-    start = f"ImageNet ({spec.backbone}, offline weights)"
-    if key in START:
-        from napari_spermmorph.core.checkpoints import file_sha256
-        from napari_spermmorph.core.registry import resolve
-
-        given = Path(START[key])  # a shipped model's name, or a checkpoint file in this repository
-        label = str(given.resolve().relative_to(Path(__file__).resolve().parents[1])) if given.is_file() else START[key]
-        start = f"{label} (sha256 {file_sha256(resolve(START[key]))})"
+    members = recipe_members(args.dataset, args.seed, args.members)
 
     def show(u):
         if type(u).__name__ == "EpochDone":
             val = "" if math.isnan(u.val_macro_f1) else f" val f1 {u.val_macro_f1:.3f}"  # NaN: no validation
             print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f}{val}", flush=True)
 
-    results = []
-    for seed in range(args.seed, args.seed + args.members):
+    results, starts = [], []
+    for index, (key, seed) in enumerate(members):
+        if args.member_index is not None and index != args.member_index:
+            continue
+        spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS[key])
         cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, seed))
-        cached = MEMBER_CACHE / f"{args.dataset}_{key}_{args.size}_seed{seed}.safetensors"
+        starts.append(describe_start(key, spec.backbone))
+        cached = MEMBER_CACHE / f"{args.dataset}_{key}_{args.size}_seed{cfg.seed}.safetensors"
         res = load_member(cached, cfg, ds.class_names, len(ds))
         if res is None:
-            print(f"member seed {seed}", flush=True)
+            print(f"member {index}: {key}, seed {cfg.seed}", flush=True)
             res = train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size),
                                    on_update=show)
             save_checkpoint(cached, res.model, checkpoint_meta(  # loadable as a model too: same crop geometry
@@ -109,9 +110,9 @@ def main(argv=None) -> int:
         protocol="all development images; "
         + (f"{cfg.val_fraction:.0%} stratified validation split for early stopping" if cfg.val_fraction > 0
            else "no validation split: every epoch on every image, final weights kept")
-        + (f"; {len(results)} members, seeds {args.seed}..{args.seed + len(results) - 1}, probabilities averaged"
-           if len(results) > 1 else ""),
-        recipe=key, recommended_tta=4, start_model=start,
+        + (f"; {len(results)} members, probabilities averaged" if len(results) > 1 else ""),
+        recipe=RECIPE[args.dataset], recommended_tta=4,
+        start_model=starts[0] if len(set(starts)) == 1 else "; ".join(f"member {i}: {s}" for i, s in enumerate(starts)),
         cv_metrics=cv_metrics(args.dataset, args.size, len(results)),
         train_seconds=sum(r.seconds for r in results),  # members reused from the cache count their own time
     )
@@ -119,8 +120,32 @@ def main(argv=None) -> int:
     if len(results) > 1:
         meta["best_validation"] = [r.best for r in results]
         meta["epochs_run"] = [len(r.history) for r in results]
+        meta["members"] = [{"recipe": k, "seed": train_kwargs(k, args.dataset, s)["seed"]} for k, s in members]
     save_and_register(model, meta)
     return 0
+
+
+def recipe_members(dataset: str, seed: int, n: int) -> list[tuple[str, int]]:
+    """(bench_classifier row, seed) per member: an ensemble row's members (each row carries its seed), else the
+    recipe row with seeds seed, seed+1, ..."""
+    recipe = RECIPE[dataset]
+    if recipe in ENSEMBLES:
+        if n != 1 or seed != 0:
+            raise SystemExit(f"{recipe} is an ensemble row: its members and seeds are fixed")
+        return [(key, 0) for key in ENSEMBLES[recipe]]
+    return [(recipe, s) for s in range(seed, seed + n)]
+
+
+def describe_start(key: str, backbone: str) -> str:
+    """What a member starts from: ImageNet, or a model in this repository / the package (with its sha256)."""
+    if key not in START:
+        return f"ImageNet ({backbone}, offline weights)"
+    from napari_spermmorph.core.checkpoints import file_sha256
+    from napari_spermmorph.core.registry import resolve
+
+    given = Path(START[key])  # a shipped model's name, or a checkpoint file in this repository
+    label = str(given.resolve().relative_to(Path(__file__).resolve().parents[1])) if given.is_file() else START[key]
+    return f"{label} (sha256 {file_sha256(resolve(START[key]))})"
 
 
 def load_member(path: Path, cfg, class_names: list[str], n_images: int):
@@ -147,7 +172,8 @@ def cv_metrics(dataset: str, size: int, members: int = 1) -> dict:
     cv_file = RESULTS / f"classifier_{dataset}_{size}.json"
     cv = json.loads(cv_file.read_text())["models"] if cv_file.exists() else {}
     keys = ("accuracy_mean", "accuracy_sd", "macro_f1_mean", "macro_f1_sd", "folds")
-    row = RECIPE[dataset] if members == 1 else f"{RECIPE[dataset]}_ens{members}"
+    recipe = RECIPE[dataset]
+    row = recipe if members == 1 or recipe in ENSEMBLES else f"{recipe}_ens{members}"
     return {k: {m: v[m] for m in keys} for k, v in cv.items() if k.split("/")[0] == row}
 
 
@@ -160,7 +186,7 @@ def save_and_register(model, meta: dict) -> dict:
     entry = register(path, {
         "name": meta["name"], "classes": meta["class_names"], "label_scheme": meta["label_scheme"],
         "backbone": spec.backbone, "cbam": spec.cbam, "input_size": spec.input_size,
-        "members": spec.members,
+        "members": spec.members, "member_backbones": spec.member_backbones,
         "head_fraction": meta["head_fraction"], "cv_metrics": meta["cv_metrics"],
         "licence_note": "trained on public research data; see README",
     })

@@ -100,3 +100,21 @@ def test_cpu_runner_gives_the_network_outputs(n_members):
                                atol=1e-5)
     pytest.importorskip("onnxruntime")
     assert runner_kind(fast.runner()) == "onnxruntime"
+
+
+def test_members_with_different_backbones_round_trip(tmp_path):
+    """Members may differ in backbone only: the checkpoint records each member's, and it loads back exactly."""
+    specs = [ModelSpec(backbone=b, num_classes=3, input_size=64)
+             for b in ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite1")]
+    torch.manual_seed(0)
+    ens = SeedEnsemble([build_model(s).eval() for s in specs])
+    assert ens.spec.member_backbones == [s.backbone for s in specs] and ens.spec.members == 3
+    path = save_checkpoint(tmp_path / "mixed.safetensors", ens,
+                           {"spec": ens.spec.to_dict(), "class_names": NAMES, "head_fraction": 0.5}, half=False)
+    loaded = Classifier.load(path, device="cpu")
+    assert [m.spec.backbone for m in loaded.model.members] == [s.backbone for s in specs]
+    crops = np.random.default_rng(4).random((3, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict_proba(crops, tta=1), _clf(ens).predict_proba(crops, tta=1), atol=1e-5)
+    # anything else that differs is refused
+    with pytest.raises(ValueError, match="only the backbone may differ"):
+        SeedEnsemble([build_model(specs[0]), build_model(ModelSpec(num_classes=3, input_size=96))])

@@ -73,9 +73,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             for k, v in metrics.items() if "accuracy_mean" in v
         ) or "no metrics recorded"
         members = int(m.get("members", 1))
-        print(f"{m['name']}: classes {', '.join(m.get('classes', []))}; {m.get('backbone')} "
+        backbones = m.get("member_backbones") or [m.get("backbone")]
+        net = " / ".join(dict.fromkeys(backbones))  # each backbone once, in member order
+        print(f"{m['name']}: classes {', '.join(m.get('classes', []))}; {net} "
               f"{'+ CBAM ' if m.get('cbam') else ''}{m.get('input_size')} px"
-              f"{f', {members} seeds averaged' if members > 1 else ''}; {perf}\n    sha256 {m.get('sha256')}")
+              f"{f', {members} members averaged' if members > 1 else ''}; {perf}\n    sha256 {m.get('sha256')}")
     return 0
 
 

@@ -41,6 +41,11 @@ class ModelSpec:
         """Networks in the model: > 1 for a SeedEnsemble (``extra["members"]``)."""
         return int(self.extra.get("members", 1))
 
+    @property
+    def member_backbones(self) -> list[str]:
+        """Each member's backbone: ``extra["member_backbones"]`` when they differ, else ``backbone`` for all."""
+        return list(self.extra.get("member_backbones", [self.backbone] * self.members))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
@@ -177,10 +182,12 @@ class _TimmFeatures(nn.Module):
 
 
 class SeedEnsemble(nn.Module):
-    """Networks of one spec trained with different seeds; the output is the log of their mean softmax.
+    """Networks trained with different seeds (and possibly backbones); the output is the log of their mean softmax.
 
     Log mean probabilities are valid logits (softmax gives the mean back), so inference, TTA and Grad-CAM++ use an
     ensemble exactly as one network. Averaging seeds removes much of the run-to-run spread of small datasets.
+    Members share everything that inference depends on (classes, input size, normalisation); only the backbone may
+    differ, recorded per member in ``spec.extra["member_backbones"]``.
     """
 
     def __init__(self, members: list[SpermClassifierNet]):
@@ -188,10 +195,15 @@ class SeedEnsemble(nn.Module):
         if len(members) < 2:
             raise ValueError("an ensemble needs at least two members")
         first = members[0].spec
-        if any(m.spec.to_dict() != first.to_dict() for m in members[1:]):
-            raise ValueError("ensemble members must share one spec (backbone, classes, input size)")
+        backbones = [m.spec.backbone for m in members]
+        if any({**m.spec.to_dict(), "backbone": first.backbone} != first.to_dict() for m in members[1:]):
+            raise ValueError("ensemble members must share one spec (classes, input size, normalisation); "
+                             "only the backbone may differ")
         self.members = nn.ModuleList(members)
-        self.spec = ModelSpec.from_dict({**first.to_dict(), "extra": {**first.extra, "members": len(members)}})
+        extra = {**first.extra, "members": len(members)}
+        if len(set(backbones)) > 1:
+            extra["member_backbones"] = backbones
+        self.spec = ModelSpec.from_dict({**first.to_dict(), "extra": extra})
 
     @property
     def pretrained_backbone(self) -> bool:
@@ -207,17 +219,17 @@ def networks(model: nn.Module) -> list[nn.Module]:
     return list(model.members) if isinstance(model, SeedEnsemble) else [model]
 
 
-def member_spec(spec: ModelSpec) -> ModelSpec:
-    """The spec of one member of an ensemble spec (itself for a single network)."""
-    return ModelSpec.from_dict({**spec.to_dict(), "extra": {k: v for k, v in spec.extra.items() if k != "members"}})
+def member_spec(spec: ModelSpec, index: int = 0) -> ModelSpec:
+    """The spec of member ``index`` of an ensemble spec (itself for a single network)."""
+    extra = {k: v for k, v in spec.extra.items() if k not in ("members", "member_backbones")}
+    return ModelSpec.from_dict({**spec.to_dict(), "backbone": spec.member_backbones[index], "extra": extra})
 
 
 def build_model(spec: ModelSpec, pretrained: bool = False) -> SpermClassifierNet | SeedEnsemble:
     """Build the network (an ensemble when ``spec.extra["members"]`` > 1); ``pretrained`` loads ImageNet weights
     (offline for Lite0/1/2, from the hub otherwise)."""
     if spec.members > 1:
-        one = member_spec(spec)
-        return SeedEnsemble([build_model(one, pretrained) for _ in range(spec.members)])
+        return SeedEnsemble([build_model(member_spec(spec, i), pretrained) for i in range(spec.members)])
     if spec.arch == "simplecnn":
         cnn = SimpleCNN()
         return SpermClassifierNet(spec, cnn, cnn.num_features)
