@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_spermmorph.core.batch import model_info
 from napari_spermmorph.core.checkpoints import save_checkpoint
 from napari_spermmorph.core.explain import cbam_attention, gradcam_pp
 from napari_spermmorph.core.finetune import load_start_model
@@ -113,6 +114,7 @@ def test_members_with_different_backbones_round_trip(tmp_path):
                            {"spec": ens.spec.to_dict(), "class_names": NAMES, "head_fraction": 0.5}, half=False)
     loaded = Classifier.load(path, device="cpu")
     assert [m.spec.backbone for m in loaded.model.members] == [s.backbone for s in specs]
+    assert model_info(path)["backbone"] == "tf_efficientnet_lite0 / tf_efficientnet_lite1"  # report and run.json
     crops = np.random.default_rng(4).random((3, 64, 64, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict_proba(crops, tta=1), _clf(ens).predict_proba(crops, tta=1), atol=1e-5)
     # anything else that differs is refused

@@ -56,7 +56,7 @@ def _set_threads() -> None:
 
 # ------------------------------------------------------------------------------------------------ models
 def cmd_models(args: argparse.Namespace) -> int:
-    from .core.registry import shipped_models
+    from .core.registry import describe_backbones, shipped_models
 
     models = shipped_models()
     if args.json:
@@ -73,8 +73,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             for k, v in metrics.items() if "accuracy_mean" in v
         ) or "no metrics recorded"
         members = int(m.get("members", 1))
-        backbones = m.get("member_backbones") or [m.get("backbone")]
-        net = " / ".join(dict.fromkeys(backbones))  # each backbone once, in member order
+        net = describe_backbones(m.get("member_backbones") or [m.get("backbone")])
         print(f"{m['name']}: classes {', '.join(m.get('classes', []))}; {net} "
               f"{'+ CBAM ' if m.get('cbam') else ''}{m.get('input_size')} px"
               f"{f', {members} members averaged' if members > 1 else ''}; {perf}\n    sha256 {m.get('sha256')}")

@@ -655,14 +655,16 @@ def versions() -> dict[str, str]:
 def model_info(model: str | Path) -> dict:
     """Name, path, sha256 and metadata of a checkpoint (for the report and run.json)."""
     from .checkpoints import file_sha256, read_metadata
-    from .registry import resolve
+    from .models import ModelSpec
+    from .registry import describe_backbones, resolve
 
     path = resolve(model)
     meta = read_metadata(path)
     spec = meta.get("spec", {})
+    backbone = describe_backbones(ModelSpec.from_dict(spec).member_backbones) if spec else None
     return {"name": meta.get("name", path.stem), "requested": str(model), "path": str(path),
             "sha256": file_sha256(path), "version": str(meta.get("version", meta.get("package_version", "?"))),
-            "class_names": list(meta.get("class_names", [])), "backbone": spec.get("backbone"),
+            "class_names": list(meta.get("class_names", [])), "backbone": backbone,
             "cbam": spec.get("cbam"), "input_size": spec.get("input_size"),
             "label_scheme": meta.get("label_scheme")}
 

@@ -55,3 +55,8 @@ def register(path: str | Path, entry: dict) -> dict:
     models.append(entry)
     REGISTRY_FILE.write_text(json.dumps({"models": sorted(models, key=lambda m: m["name"])}, indent=2) + "\n")
     return entry
+
+
+def describe_backbones(backbones: list[str]) -> str:
+    """Each backbone once, in member order ("tf_efficientnet_lite0 / tf_efficientnet_lite1"): for listings."""
+    return " / ".join(dict.fromkeys(str(b) for b in backbones))
