@@ -3,8 +3,9 @@
     python benchmarks/train_shipped.py --dataset hushem
     python benchmarks/train_shipped.py --dataset smids
 
-The recipe is the one the cross-validation benchmark measured (bench_classifier.py, EfficientNet-Lite0 + CBAM,
-freeze-then-unfreeze); its CV figures, if present, are copied into the model's metadata.
+The recipe is a row the cross-validation benchmark measured (bench_classifier.py: one network's recipe, with
+seeds averaged, or an ensemble row whose members differ in backbone and start; freeze-then-unfreeze); its CV
+figures, if present, are copied into the model's metadata.
 """
 
 from __future__ import annotations
