@@ -29,8 +29,8 @@ SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
 RECIPE = {"hushem": "noval_mixed_s0", "smids": "lite1_cbam"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
-# Seeds trained and averaged when the recipe is a single row (a SeedEnsemble when > 1): its "N seeds averaged" row.
-MEMBERS = {"hushem": 1, "smids": 2}
+# Seeds trained and averaged where the recipe is a single row (a SeedEnsemble when > 1): its "N seeds averaged" row.
+MEMBERS = {"smids": 2}
 # Each trained member is kept here (fp32 safetensors + metadata, not committed): an interrupted run resumes, and
 # members can train in parallel processes (``--member-index 1 --members-only``, ..., then the full run).
 MEMBER_CACHE = Path(__file__).resolve().parent / "cache" / "shipped_members"
@@ -54,7 +54,6 @@ def main(argv=None) -> int:
                          "metrics (the weights are only permuted, predictions are unchanged)")
     args = ap.parse_args(argv)
     args.size = args.size or SIZE[args.dataset]
-    args.members = args.members or MEMBERS[args.dataset]
     if args.member_index is not None and not args.members_only:
         raise SystemExit("--member-index trains one member into the cache: use it with --members-only")
     if args.refresh:
@@ -80,13 +79,14 @@ def main(argv=None) -> int:
             val = "" if math.isnan(u.val_macro_f1) else f" val f1 {u.val_macro_f1:.3f}"  # NaN: no validation
             print(f"phase {u.phase} epoch {u.epoch}: loss {u.train_loss:.3f}{val}", flush=True)
 
-    results, starts = [], []
+    results, starts, trained = [], [], []
     for index, (key, seed) in enumerate(members):
         if args.member_index is not None and index != args.member_index:
             continue
         spec = ModelSpec(num_classes=len(ds.class_names), input_size=args.size, **MODELS[key])
         cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, seed))
         starts.append(describe_start(key, spec.backbone))
+        trained.append({"recipe": key, "seed": cfg.seed})
         cached = MEMBER_CACHE / f"{args.dataset}_{key}_{args.size}_seed{cfg.seed}.safetensors"
         res = load_member(cached, cfg, ds.class_names, len(ds))
         if res is None:
@@ -121,20 +121,20 @@ def main(argv=None) -> int:
     if len(results) > 1:
         meta["best_validation"] = [r.best for r in results]
         meta["epochs_run"] = [len(r.history) for r in results]
-        meta["members"] = [{"recipe": k, "seed": train_kwargs(k, args.dataset, s)["seed"]} for k, s in members]
+        meta["members"] = trained
     save_and_register(model, meta)
     return 0
 
 
-def recipe_members(dataset: str, seed: int, n: int) -> list[tuple[str, int]]:
+def recipe_members(dataset: str, seed: int, n: int | None) -> list[tuple[str, int]]:
     """(bench_classifier row, seed) per member: an ensemble row's members (each row carries its seed), else the
-    recipe row with seeds seed, seed+1, ..."""
+    recipe row with seeds seed, seed+1, ... (``n`` of them, default ``MEMBERS``)."""
     recipe = RECIPE[dataset]
     if recipe in ENSEMBLES:
-        if n != 1 or seed != 0:
+        if n is not None or seed != 0:
             raise SystemExit(f"{recipe} is an ensemble row: its members and seeds are fixed")
         return [(key, 0) for key in ENSEMBLES[recipe]]
-    return [(recipe, s) for s in range(seed, seed + n)]
+    return [(recipe, s) for s in range(seed, seed + (n or MEMBERS.get(dataset, 1)))]
 
 
 def describe_start(key: str, backbone: str) -> str:
