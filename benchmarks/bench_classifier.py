@@ -39,6 +39,7 @@ MODELS = {
     "lite1_cbam_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "lite1_cbam_smids_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "lite1_cbam_nohold": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
+    "effnet_cbam_nohold": dict(arch="efficientnet", cbam=True),
 }
 # Recipe variants measured on the same folds (same model): candidates for the shipped recipe. Per dataset, on top
 # of dataset_config(); a variant without an entry for a dataset runs the base recipe there.
@@ -57,12 +58,17 @@ TRAIN_OVERRIDES = {
     "lite1_cbam_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
     "lite1_cbam_smids_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
     "lite1_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
+    "effnet_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
-# The Lite0 rows used the SMIDS model shipped before SMIDS moved to Lite1 (kept here, sha256 a61aef79...).
-SMIDS_LITE0 = str(Path(__file__).resolve().parent / "start_models" / "smids-3class-lite0.safetensors")
-START = {"effnet_cbam_smids": SMIDS_LITE0, "lite1_cbam_smids": "smids-3class", "effnet_cbam_smids_noval": SMIDS_LITE0,
-         "lite1_cbam_smids_noval": "smids-3class"}
+# Both are SMIDS models shipped earlier, kept here so the rows (and hushem-4class's members) rerun from the same
+# weights: the Lite0 rows used the Lite0 model shipped before SMIDS moved to Lite1 (sha256 a61aef79...), the Lite1
+# rows the two-seed Lite1 model trained with the validation split (sha256 fe93e195...; its first member).
+_START_DIR = Path(__file__).resolve().parent / "start_models"
+SMIDS_LITE0 = str(_START_DIR / "smids-3class-lite0.safetensors")
+SMIDS_LITE1 = str(_START_DIR / "smids-3class-lite1-split.safetensors")
+START = {"effnet_cbam_smids": SMIDS_LITE0, "lite1_cbam_smids": SMIDS_LITE1, "effnet_cbam_smids_noval": SMIDS_LITE0,
+         "lite1_cbam_smids_noval": SMIDS_LITE1}
 LABELS = {
     "simplecnn": "SimpleCNN (scratch)",
     "effnet": "EfficientNet-Lite0",
@@ -81,6 +87,7 @@ LABELS = {
     "lite1_cbam_smids_noval":
         "EfficientNet-Lite1 + CBAM from the SMIDS Lite1 model, phase 2 x2, no validation hold-out",
     "lite1_cbam_nohold": "EfficientNet-Lite1 + CBAM, no validation hold-out",
+    "effnet_cbam_nohold": "EfficientNet-Lite0 + CBAM, no validation hold-out",
 }
 # Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
 # softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
@@ -122,6 +129,10 @@ LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"
 # SMIDS without the validation hold-out (15% more training images, final weights), two seeds: against the row above.
 ENSEMBLES["lite1_cbam_nohold_ens2"] = ("lite1_cbam_nohold", _seed_variant("lite1_cbam_nohold", 1))
 LABELS["lite1_cbam_nohold_ens2"] = f"{LABELS['lite1_cbam_nohold']}, 2 seeds averaged"
+# A third SMIDS member that still fits the 25 MiB file limit in fp16 (two Lite1 + one Lite0, where a third Lite1 does
+# not): does another backbone add what a third seed would?
+ENSEMBLES["nohold_mixed_ens3"] = ("lite1_cbam_nohold", "lite1_cbam_nohold_s1", "effnet_cbam_nohold")
+LABELS["nohold_mixed_ens3"] = f"{LABELS['lite1_cbam_nohold']}, 2 seeds, + Lite0 + CBAM (same recipe), averaged"
 PAPER = {"hushem": (0.939, 0.948), "smids": (0.902, 0.913)}
 
 

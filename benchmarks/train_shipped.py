@@ -25,8 +25,9 @@ NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
 # The recipe each shipped model is trained with: the bench_classifier.py row that won in CV. HuSHeM: an ensemble
 # row, one no-hold-out member per start (SMIDS Lite0, ImageNet Lite1, SMIDS Lite1), its members as listed there;
-# SMIDS: Lite1, the base recipe, seeds averaged (MEMBERS).
-RECIPE = {"hushem": "noval_mixed_s0", "smids": "lite1_cbam"}
+# SMIDS: Lite1 with no validation hold-out (all training images, fixed epochs, final weights), seeds averaged
+# (MEMBERS).
+RECIPE = {"hushem": "noval_mixed_s0", "smids": "lite1_cbam_nohold"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
 # Seeds trained and averaged where the recipe is a single row (a SeedEnsemble when > 1): its "N seeds averaged" row.
@@ -88,13 +89,13 @@ def main(argv=None) -> int:
         starts.append(describe_start(key, spec.backbone))
         trained.append({"recipe": key, "seed": cfg.seed})
         cached = MEMBER_CACHE / f"{args.dataset}_{key}_{args.size}_seed{cfg.seed}.safetensors"
-        res = load_member(cached, cfg, ds.class_names, len(ds))
+        res = load_member(cached, cfg, ds.class_names, len(ds), starts[-1])
         if res is None:
             print(f"member {index}: {key}, seed {cfg.seed}", flush=True)
             res = train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size),
                                    on_update=show)
             save_checkpoint(cached, res.model, checkpoint_meta(  # loadable as a model too: same crop geometry
-                res, ds.class_names, cfg, n_images=len(ds), train_seconds=res.seconds,
+                res, ds.class_names, cfg, n_images=len(ds), train_seconds=res.seconds, start_model=starts[-1],
                 head_fraction=DEFAULT_HEAD_FRACTION, align_crops=True), half=False)
         results.append(res)
     if args.members_only:
@@ -149,8 +150,10 @@ def describe_start(key: str, backbone: str) -> str:
     return f"{label} (sha256 {file_sha256(resolve(START[key]))})"
 
 
-def load_member(path: Path, cfg, class_names: list[str], n_images: int):
-    """A member trained before with exactly this recipe, classes (in order) and data size, else None."""
+def load_member(path: Path, cfg, class_names: list[str], n_images: int, start: str):
+    """A member trained before with exactly this recipe, classes (in order), data size and start, else None.
+
+    Members cached before the start was recorded carry none and are taken on the recipe alone."""
     from napari_spermmorph.core.inference import Classifier
     from napari_spermmorph.core.training import TrainingFinished
 
@@ -159,7 +162,7 @@ def load_member(path: Path, cfg, class_names: list[str], n_images: int):
     clf = Classifier.load(path, device="cpu")
     meta = clf.meta
     same = (meta["train_config"] == json.loads(json.dumps(cfg.to_dict())) and meta.get("n_images") == n_images
-            and meta["class_names"] == list(class_names))
+            and meta["class_names"] == list(class_names) and meta.get("start_model", start) == start)
     if not same:
         print(f"{path.name}: trained with another recipe or data, training again", flush=True)
         return None
