@@ -23,15 +23,13 @@ from bench_classifier import ENSEMBLES, MODELS, START, start_model, train_kwargs
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
-# The recipe each shipped model is trained with: the bench_classifier.py row that won in CV. HuSHeM: an ensemble
-# row, one no-hold-out member per start (SMIDS Lite0, ImageNet Lite1, SMIDS Lite1), its members as listed there;
-# SMIDS: Lite1 with no validation hold-out (all training images, fixed epochs, final weights), seeds averaged
-# (MEMBERS).
-RECIPE = {"hushem": "noval_mixed_s0", "smids": "lite1_cbam_nohold"}
+# The recipe each shipped model is trained with: the bench_classifier.py row that won in CV, both ensemble rows
+# whose members are listed there. HuSHeM: one no-hold-out member per start (SMIDS Lite0, ImageNet Lite1, SMIDS
+# Lite1); SMIDS: no validation hold-out (all training images, fixed epochs, final weights), Lite1 seeds 0 and 1 and
+# a Lite0.
+RECIPE = {"hushem": "noval_mixed_s0", "smids": "nohold_mixed_ens3"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
-# Seeds trained and averaged where the recipe is a single row (a SeedEnsemble when > 1): its "N seeds averaged" row.
-MEMBERS = {"smids": 2}
 # Each trained member is kept here (fp32 safetensors + metadata, not committed): an interrupted run resumes, and
 # members can train in parallel processes (``--member-index 1 --members-only``, ..., then the full run).
 MEMBER_CACHE = Path(__file__).resolve().parent / "cache" / "shipped_members"
@@ -44,8 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--members", type=int, default=None,
-                    help="seeds to train and average (seed, seed+1, ...; default: the shipped recipe's); not for a "
-                         "recipe that is an ensemble row, whose members are fixed")
+                    help="seeds to train and average (seed, seed+1, ...; default 1) when the recipe is a single row; "
+                         "not for an ensemble row, whose members are fixed")
     ap.add_argument("--member-index", type=int, default=None,
                     help="with --members-only: train only this member (0-based), e.g. one per process")
     ap.add_argument("--members-only", action="store_true",
@@ -129,13 +127,13 @@ def main(argv=None) -> int:
 
 def recipe_members(dataset: str, seed: int, n: int | None) -> list[tuple[str, int]]:
     """(bench_classifier row, seed) per member: an ensemble row's members (each row carries its seed), else the
-    recipe row with seeds seed, seed+1, ... (``n`` of them, default ``MEMBERS``)."""
+    recipe row with seeds seed, seed+1, ... (``n`` of them, default 1; a SeedEnsemble when more)."""
     recipe = RECIPE[dataset]
     if recipe in ENSEMBLES:
         if n is not None or seed != 0:
             raise SystemExit(f"{recipe} is an ensemble row: its members and seeds are fixed")
         return [(key, 0) for key in ENSEMBLES[recipe]]
-    return [(recipe, s) for s in range(seed, seed + (n or MEMBERS.get(dataset, 1)))]
+    return [(recipe, s) for s in range(seed, seed + (n or 1))]
 
 
 def describe_start(key: str, backbone: str) -> str:
