@@ -92,11 +92,14 @@ LABELS = {
 # Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
 # softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
 ENSEMBLES: dict[str, tuple[str, ...]] = {}
+# Each seed variant's row it copies ("<key>_s<seed>" -> "<key>"): the same network for one seed, whichever row names it.
+SEED_VARIANT_OF: dict[str, str] = {}
 
 
 def _seed_variant(key: str, seed: int) -> str:
     """Register row "<key>_s<seed>": the same model, recipe and start with another seed."""
     k = f"{key}_s{seed}"
+    SEED_VARIANT_OF[k] = key
     MODELS[k] = MODELS[key]
     TRAIN_OVERRIDES[k] = {ds: {**TRAIN_OVERRIDES.get(key, {}).get(ds, {}), "seed": seed} for ds in ("hushem", "smids")}
     LABELS[k] = f"{LABELS[key]}, seed {seed}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, require_data  # noqa: E402
-from bench_classifier import ENSEMBLES, MODELS, START, start_model, train_kwargs  # noqa: E402
+from bench_classifier import ENSEMBLES, MODELS, SEED_VARIANT_OF, START, start_model, train_kwargs  # noqa: E402
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
         cfg = TrainConfig(spec=spec, **train_kwargs(key, args.dataset, seed))
         starts.append(describe_start(key, spec.backbone))
         trained.append({"recipe": key, "seed": cfg.seed})
-        cached = MEMBER_CACHE / f"{args.dataset}_{key}_{args.size}_seed{cfg.seed}.safetensors"
+        row = SEED_VARIANT_OF.get(key, key)  # a seed variant row and its base row with that seed share a member
+        cached = MEMBER_CACHE / f"{args.dataset}_{row}_{args.size}_seed{cfg.seed}.safetensors"
         res = load_member(cached, cfg, ds.class_names, len(ds), starts[-1])
         if res is None:
             print(f"member {index}: {key}, seed {cfg.seed}", flush=True)
