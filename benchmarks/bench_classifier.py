@@ -40,6 +40,7 @@ MODELS = {
     "lite1_cbam_smids_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "lite1_cbam_nohold": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "effnet_cbam_nohold": dict(arch="efficientnet", cbam=True),
+    "lite1_cbam_smidsnh_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
 }
 # Recipe variants measured on the same folds (same model): candidates for the shipped recipe. Per dataset, on top
 # of dataset_config(); a variant without an entry for a dataset runs the base recipe there.
@@ -59,6 +60,7 @@ TRAIN_OVERRIDES = {
     "lite1_cbam_smids_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
     "lite1_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
     "effnet_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
+    "lite1_cbam_smidsnh_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
 # Both are SMIDS models shipped earlier, kept here so the rows (and hushem-4class's members) rerun from the same
@@ -69,6 +71,9 @@ SMIDS_LITE0 = str(_START_DIR / "smids-3class-lite0.safetensors")
 SMIDS_LITE1 = str(_START_DIR / "smids-3class-lite1-split.safetensors")
 START = {"effnet_cbam_smids": SMIDS_LITE0, "lite1_cbam_smids": SMIDS_LITE1, "effnet_cbam_smids_noval": SMIDS_LITE0,
          "lite1_cbam_smids_noval": SMIDS_LITE1}
+# Does a better SMIDS start help HuSHeM? The shipped smids-3class (sha256 6ee20a89...; its first member, Lite1 without
+# the hold-out, on all 2550 crops). Keep that file in start_models/ if smids-3class changes.
+START["lite1_cbam_smidsnh_noval"] = "smids-3class"
 LABELS = {
     "simplecnn": "SimpleCNN (scratch)",
     "effnet": "EfficientNet-Lite0",
@@ -88,6 +93,8 @@ LABELS = {
         "EfficientNet-Lite1 + CBAM from the SMIDS Lite1 model, phase 2 x2, no validation hold-out",
     "lite1_cbam_nohold": "EfficientNet-Lite1 + CBAM, no validation hold-out",
     "effnet_cbam_nohold": "EfficientNet-Lite0 + CBAM, no validation hold-out",
+    "lite1_cbam_smidsnh_noval":
+        "EfficientNet-Lite1 + CBAM from the no-hold-out SMIDS Lite1 model, phase 2 x2, no validation hold-out",
 }
 # Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
 # softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
@@ -126,6 +133,10 @@ for _s, _keys in ((0, ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cba
     ENSEMBLES[f"noval_mixed_s{_s}"] = _keys
     LABELS[f"noval_mixed_s{_s}"] = ("no validation hold-out, one member per start (Lite0 from SMIDS, Lite1, Lite1 from "
                                     f"SMIDS), seed {_s} each")
+# The same mix with the third member started from the no-hold-out SMIDS Lite1 model instead of the earlier one.
+ENSEMBLES["noval_mixed_nh_s0"] = ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval")
+LABELS["noval_mixed_nh_s0"] = ("no validation hold-out, one member per start (Lite0 from SMIDS, Lite1, Lite1 from the "
+                               "no-hold-out SMIDS model), seed 0 each")
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"

@@ -24,10 +24,10 @@ from bench_classifier import ENSEMBLES, MODELS, SEED_VARIANT_OF, START, start_mo
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
 # The recipe each shipped model is trained with: the bench_classifier.py row that won in CV, both ensemble rows
-# whose members are listed there. HuSHeM: one no-hold-out member per start (SMIDS Lite0, ImageNet Lite1, SMIDS
-# Lite1); SMIDS: no validation hold-out (all training images, fixed epochs, final weights), Lite1 seeds 0 and 1 and
-# a Lite0.
-RECIPE = {"hushem": "noval_mixed_s0", "smids": "nohold_mixed_ens3"}
+# whose members are listed there. HuSHeM: one no-hold-out member per start (the earlier SMIDS Lite0 model, ImageNet
+# Lite1, Lite1 from smids-3class's first member); SMIDS: no validation hold-out (all training images, fixed epochs,
+# final weights), Lite1 seeds 0 and 1 and a Lite0.
+RECIPE = {"hushem": "noval_mixed_nh_s0", "smids": "nohold_mixed_ens3"}
 # Input size of each shipped model: the CV table (classifier_<dataset>_<size>) its recipe won in.
 SIZE = {"hushem": 128, "smids": 128}
 # Each trained member is kept here (fp32 safetensors + metadata, not committed): an interrupted run resumes, and
