@@ -125,18 +125,18 @@ for _key in ("effnet_cbam_smids", "effnet_cbam_smids_noval"):
     ENSEMBLES[f"{_key}_ens5"] = ENSEMBLES[f"{_key}_ens3"] + tuple(_seed_variant(_key, s) for s in (3, 4))
     LABELS[f"{_key}_ens5"] = f"{LABELS[_key]}, 5 seeds averaged"
 # One no-hold-out member per start (SMIDS Lite0, ImageNet Lite1, SMIDS Lite1), averaged: do different backbones and
-# starts add more than seeds of one? Seeds 0 and 1 of each, as two separate three-member ensembles.
-for _key in ("lite1_cbam_noval", "lite1_cbam_smids_noval"):
+# starts add more than seeds of one? Seeds 0 and 1 of each, as two separate three-member ensembles; then the same
+# mix with the third member started from the no-hold-out SMIDS Lite1 model ("_nh") instead of the earlier one.
+for _key in ("lite1_cbam_noval", "lite1_cbam_smids_noval", "lite1_cbam_smidsnh_noval"):
     _seed_variant(_key, 1)
-for _s, _keys in ((0, ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smids_noval")),
-                  (1, ("effnet_cbam_smids_noval_s1", "lite1_cbam_noval_s1", "lite1_cbam_smids_noval_s1"))):
-    ENSEMBLES[f"noval_mixed_s{_s}"] = _keys
-    LABELS[f"noval_mixed_s{_s}"] = ("no validation hold-out, one member per start (Lite0 from SMIDS, Lite1, Lite1 from "
-                                    f"SMIDS), seed {_s} each")
-# The same mix with the third member started from the no-hold-out SMIDS Lite1 model instead of the earlier one.
-ENSEMBLES["noval_mixed_nh_s0"] = ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval")
-LABELS["noval_mixed_nh_s0"] = ("no validation hold-out, one member per start (Lite0 from SMIDS, Lite1, Lite1 from the "
-                               "no-hold-out SMIDS model), seed 0 each")
+for _tag, _third, _from in (("", "lite1_cbam_smids_noval", "SMIDS"),
+                            ("_nh", "lite1_cbam_smidsnh_noval", "the no-hold-out SMIDS model")):
+    for _s in (0, 1):
+        _row = f"noval_mixed{_tag}_s{_s}"
+        ENSEMBLES[_row] = tuple(k + ("" if _s == 0 else f"_s{_s}")
+                                for k in ("effnet_cbam_smids_noval", "lite1_cbam_noval", _third))
+        LABELS[_row] = ("no validation hold-out, one member per start (Lite0 from SMIDS, Lite1, Lite1 from "
+                        f"{_from}), seed {_s} each")
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"
