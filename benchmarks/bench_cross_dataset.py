@@ -11,6 +11,7 @@ own training crops (``core.colour``: Reinhard transfer in CIE-Lab), TTA as the p
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -53,14 +54,19 @@ def main(argv=None) -> int:
     from napari_spermmorph.core.defaults import DEFAULT_TTA
     from napari_spermmorph.core.inference import Classifier
 
+    @functools.cache
+    def dataset(name: str):  # each dataset is read by one model and is the other's training set: load it once
+        ds = load_class_folders(root / name)
+        return ds, ds.load_images()
+
     rows, results = [], []
     for model_name, read, trained, normal_folder, left_out in CASES:
         clf = Classifier.load(model_name, device="cpu")
-        ds = load_class_folders(root / read)
+        ds, all_images = dataset(read)
         keep = np.array([f.parent.name not in left_out for f in ds.files])
-        images = [im for im, k in zip(ds.load_images(), keep) if k]
+        images = [im for im, k in zip(all_images, keep) if k]
         is_normal = np.array([f.parent.name == normal_folder for f in ds.files])[keep]
-        reference = colour_reference(load_class_folders(root / trained).load_images())
+        reference = colour_reference(dataset(trained)[1])
         normal_index = clf.class_names.index("normal")
         for variant in ("as given", "colour-matched"):
             t0 = time.perf_counter()
