@@ -150,9 +150,7 @@ def describe_start(key: str, backbone: str) -> str:
 
 
 def load_member(path: Path, cfg, class_names: list[str], n_images: int, start: str):
-    """A member trained before with exactly this recipe, classes (in order), data size and start, else None.
-
-    Members cached before the start was recorded carry none and are taken on the recipe alone."""
+    """A member trained before with exactly this recipe, classes (in order), data size and start, else None."""
     from napari_spermmorph.core.inference import Classifier
     from napari_spermmorph.core.training import TrainingFinished
 
@@ -161,7 +159,7 @@ def load_member(path: Path, cfg, class_names: list[str], n_images: int, start: s
     clf = Classifier.load(path, device="cpu")
     meta = clf.meta
     same = (meta["train_config"] == json.loads(json.dumps(cfg.to_dict())) and meta.get("n_images") == n_images
-            and meta["class_names"] == list(class_names) and meta.get("start_model", start) == start)
+            and meta["class_names"] == list(class_names) and meta.get("start_model") == start)
     if not same:
         print(f"{path.name}: trained with another recipe or data, training again", flush=True)
         return None
