@@ -41,6 +41,8 @@ MODELS = {
     "lite1_cbam_nohold": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "effnet_cbam_nohold": dict(arch="efficientnet", cbam=True),
     "lite1_cbam_smidsnh_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
+    "lite1_cbam_smidsnh1_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
+    "effnet_cbam_smidsnh2_noval": dict(arch="efficientnet", cbam=True),
 }
 # Recipe variants measured on the same folds (same model): candidates for the shipped recipe. Per dataset, on top
 # of dataset_config(); a variant without an entry for a dataset runs the base recipe there.
@@ -61,6 +63,8 @@ TRAIN_OVERRIDES = {
     "lite1_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
     "effnet_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
     "lite1_cbam_smidsnh_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
+    "lite1_cbam_smidsnh1_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
+    "effnet_cbam_smidsnh2_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
 # Both are SMIDS models shipped earlier, kept here so the rows (and hushem-4class's members) rerun from the same
@@ -71,9 +75,15 @@ SMIDS_LITE0 = str(_START_DIR / "smids-3class-lite0.safetensors")
 SMIDS_LITE1 = str(_START_DIR / "smids-3class-lite1-split.safetensors")
 START = {"effnet_cbam_smids": SMIDS_LITE0, "lite1_cbam_smids": SMIDS_LITE1, "effnet_cbam_smids_noval": SMIDS_LITE0,
          "lite1_cbam_smids_noval": SMIDS_LITE1}
-# Does a better SMIDS start help HuSHeM? The shipped smids-3class (sha256 6ee20a89...; its first member, Lite1 without
-# the hold-out, on all 2550 crops). Keep that file in start_models/ if smids-3class changes.
-START["lite1_cbam_smidsnh_noval"] = "smids-3class"
+# Does a better SMIDS start help HuSHeM? The three-member smids-3class shipped in session 6 (sha256 6ee20a89...; Lite1
+# seeds 0 and 1 and a Lite0, each without the hold-out, on all 2550 crops), copied here when later releases added
+# metadata to the shipped file; its first member ...
+SMIDS_NOHOLD = str(_START_DIR / "smids-3class-nohold.safetensors")
+START["lite1_cbam_smidsnh_noval"] = SMIDS_NOHOLD
+# ... and its other two members (Lite1 seed 1, Lite0): each HuSHeM network from one smids-3class member.
+START["lite1_cbam_smidsnh1_noval"] = START["effnet_cbam_smidsnh2_noval"] = SMIDS_NOHOLD
+# The member of an ensemble start a row trains from (default: the first).
+START_MEMBER = {"lite1_cbam_smidsnh1_noval": 1, "effnet_cbam_smidsnh2_noval": 2}
 LABELS = {
     "simplecnn": "SimpleCNN (scratch)",
     "effnet": "EfficientNet-Lite0",
@@ -95,6 +105,10 @@ LABELS = {
     "effnet_cbam_nohold": "EfficientNet-Lite0 + CBAM, no validation hold-out",
     "lite1_cbam_smidsnh_noval":
         "EfficientNet-Lite1 + CBAM from the no-hold-out SMIDS Lite1 model, phase 2 x2, no validation hold-out",
+    "lite1_cbam_smidsnh1_noval":
+        "EfficientNet-Lite1 + CBAM from smids-3class's 2nd member (Lite1 seed 1), phase 2 x2, no validation hold-out",
+    "effnet_cbam_smidsnh2_noval":
+        "EfficientNet-Lite0 + CBAM from smids-3class's 3rd member (Lite0), phase 2 x2, no validation hold-out",
 }
 # Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
 # softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
@@ -112,6 +126,8 @@ def _seed_variant(key: str, seed: int) -> str:
     LABELS[k] = f"{LABELS[key]}, seed {seed}"
     if key in START:
         START[k] = START[key]
+    if key in START_MEMBER:
+        START_MEMBER[k] = START_MEMBER[key]
     return k
 
 
@@ -137,6 +153,15 @@ for _tag, _third, _from in (("", "lite1_cbam_smids_noval", "SMIDS"),
                                 for k in ("effnet_cbam_smids_noval", "lite1_cbam_noval", _third))
         LABELS[_row] = ("no validation hold-out, one member per start (Lite0 from SMIDS, Lite1, Lite1 from "
                         f"{_from}), seed {_s} each")
+# smids-3class fine-tuned on HuSHeM member by member: each of its three networks (Lite1 seeds 0 and 1, Lite0) starts
+# one HuSHeM member, so every member starts from sperm images rather than one from ImageNet. Seeds 0 and 1 again.
+for _key in ("lite1_cbam_smidsnh1_noval", "effnet_cbam_smidsnh2_noval"):
+    _seed_variant(_key, 1)
+for _s in (0, 1):
+    _row = f"smids_members_noval_s{_s}"
+    ENSEMBLES[_row] = tuple(k + ("" if _s == 0 else f"_s{_s}") for k in
+                            ("lite1_cbam_smidsnh_noval", "lite1_cbam_smidsnh1_noval", "effnet_cbam_smidsnh2_noval"))
+    LABELS[_row] = f"no validation hold-out, one member per smids-3class member (Lite1, Lite1, Lite0), seed {_s} each"
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"
@@ -173,7 +198,7 @@ def start_model(model_key: str, class_names, size: int):
         return None
     from napari_spermmorph.core.finetune import load_start_model
 
-    model = load_start_model(START[model_key], class_names, size)[0]
+    model = load_start_model(START[model_key], class_names, size, member=START_MEMBER.get(model_key, 0))[0]
     if model.spec.input_size != size:
         raise SystemExit(f"{model_key}: the start model takes {model.spec.input_size} px, not {size}")
     want = MODELS[model_key].get("backbone", "tf_efficientnet_lite0")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, data_dir, require_data  # noqa: E402
-from bench_classifier import ENSEMBLES, MODELS, SEED_VARIANT_OF, START, start_model, train_kwargs  # noqa: E402
+from bench_classifier import ENSEMBLES, MODELS, SEED_VARIANT_OF, START, START_MEMBER, start_model, train_kwargs  # noqa: E402
 
 NAMES = {"hushem": "hushem-4class", "smids": "smids-3class"}
 SCHEMES = {"hushem": "HuSHeM", "smids": "SMIDS"}
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     head_fraction = DEFAULT_HEAD_FRACTION
     name = NAMES[args.dataset]
     meta = checkpoint_meta(
-        res, ds.class_names, cfg, name=name, label_scheme=SCHEMES[args.dataset], head_fraction=head_fraction,
+        res, ds.class_names, cfg, images, name=name, label_scheme=SCHEMES[args.dataset], head_fraction=head_fraction,
         align_crops=True,
         crops_with_head_found=float(found.mean()),
         training_data=f"{SCHEMES[args.dataset]} development portion, {len(ds)} images (folders {ds.folder_names})",
@@ -146,7 +146,8 @@ def describe_start(key: str, backbone: str) -> str:
 
     given = Path(START[key])  # a shipped model's name, or a checkpoint file in this repository
     label = str(given.resolve().relative_to(Path(__file__).resolve().parents[1])) if given.is_file() else START[key]
-    return f"{label} (sha256 {file_sha256(resolve(START[key]))})"
+    member = f", member {START_MEMBER[key]}" if START_MEMBER.get(key) else ""  # of an ensemble start
+    return f"{label}{member} (sha256 {file_sha256(resolve(START[key]))})"
 
 
 def load_member(path: Path, cfg, class_names: list[str], n_images: int, start: str):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from napari_spermmorph.core import batch
 from napari_spermmorph.core.batch import BatchInputError, expand_inputs, run_batch
+from napari_spermmorph.core.defaults import STAIN_DELTA_E_LIMIT
 
 CLASSES = ["normal", "tapered", "amorphous"]
 PX = 0.1  # synthetic fields' pixel size (um)
@@ -29,8 +30,10 @@ def make_tiny_model(path):
     torch.manual_seed(0)
     spec = ModelSpec(input_size=64, num_classes=len(CLASSES))
     model = build_model(spec, pretrained=False)
+    # trained (as it were) on HuSHeM-like pink crops: the synthetic fields' stain is another lab's
+    pink = {"lab_mean": [74.0, 33.6, -2.0], "lab_std": [10.3, 3.8, 4.7]}
     return save_checkpoint(path, model, {"class_names": CLASSES, "spec": spec.to_dict(), "head_fraction": 0.5,
-                                         "name": "tiny"})
+                                         "name": "tiny", "colour_reference": pink})
 
 
 def make_fields(folder, n: int = 3, corrupt: bool = True):
@@ -79,6 +82,7 @@ def test_analyze_writes_outputs_and_reports_bad_file(serial_run, fields):
         assert len(table) >= 1
         assert {"area_um2", "class", "confidence", "uncertain", *(f"p_{c}" for c in CLASSES)} <= set(table)
         assert set(table["class"]) <= set(CLASSES)
+        assert table["stain_delta_e"].nunique() == 1  # one value per field
         np.testing.assert_allclose(table[[f"p_{c}" for c in CLASSES]].sum(1), 1.0, atol=1e-4)
         total += len(table)
     errors = pd.read_csv(out / "errors.csv")
@@ -89,10 +93,12 @@ def test_analyze_writes_outputs_and_reports_bad_file(serial_run, fields):
     assert row["n_heads"] == total and row["n_images"] == 3 and row["n_failed"] == 1
     assert sum(row[f"n_{c}"] for c in CLASSES) == total
     assert "200" in row["warning"]
+    assert row["stain_delta_e"] > STAIN_DELTA_E_LIMIT and "Delta E" in row["warning"]
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["sha256"] and run["versions"]["torch"] and run["settings"]["pixel_size_um"] == PX
     report = (out / "report.html").read_text()
     assert "sampleA" in report and run["model"]["sha256"] in report and "broken.png" in report
+    assert "stain \N{GREEK CAPITAL LETTER DELTA}E" in report and f"{row['stain_delta_e']:.1f}" in report
 
 
 def test_rerun_skips_done_and_force_redoes(serial_run, tiny_model, fields):
@@ -150,6 +156,7 @@ def test_crop_folder_is_classified_without_segmentation(tiny_model, tmp_path):
     assert res.exit_code == 0 and [o.job.kind for o in res.outcomes] == ["crops"]
     table = pd.read_csv(tmp_path / "out" / "donor7.crops.csv")
     assert len(table) == len(images) and set(table["class"]) <= set(CLASSES)
+    assert table["stain_delta_e"].nunique() == 1 and table["stain_delta_e"][0] > 0  # one value for the folder
     assert not list((tmp_path / "out").glob("*.heads.tif"))
     assert res.samples.set_index("sample").loc["donor7", "n_heads"] == len(images)
 

@@ -1,11 +1,14 @@
 """Colour matching: a crop takes the reference's Lab statistics, keeps its shapes, and is left alone when it
-already has them."""
+already has them. Stain distance: another stain is flagged, from the checkpoint's reference to the summary."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from skimage.color import rgb2lab
 
-from napari_spermmorph.core.colour import colour_reference, match_colour
+from napari_spermmorph.core.colour import ColourReference, colour_reference, match_colour, stain_distance, stain_warning
+from napari_spermmorph.core.defaults import STAIN_DELTA_E_LIMIT
+from napari_spermmorph.core.pipeline import add_class_columns
 
 
 def _crop(background, head, seed=0, size=64):
@@ -51,3 +54,48 @@ def test_gray_uint8_input_and_empty_reference():
     assert out.shape == gray.shape + (3,) and out.dtype == np.float32
     with pytest.raises(ValueError, match="at least one image"):
         colour_reference([])
+
+
+def test_stain_distance_and_warning():
+    pinks = [_crop(**PINK, seed=s)[0] for s in range(6)]
+    blues = [_crop(**BLUE, seed=s)[0] for s in range(6)]
+    reference = colour_reference(pinks[:3])
+    near, far = stain_distance(pinks[3:], reference), stain_distance(blues, reference)
+    assert near < 1.0 and far > 2 * STAIN_DELTA_E_LIMIT  # other crops of the same stain vs another stain
+    # the distance of a set is that of its average colour: the reference's own crops sit at 0
+    assert stain_distance(pinks[:3], reference) == pytest.approx(0.0, abs=1e-6)
+    assert stain_warning(near, STAIN_DELTA_E_LIMIT) == ""
+    assert "differ from the model's training images" in stain_warning(far, STAIN_DELTA_E_LIMIT)
+    assert ColourReference.from_dict(reference.to_dict()) == reference
+
+
+def test_classifier_flags_another_stain_through_checkpoint_and_summary(tmp_path):
+    from napari_spermmorph.core.checkpoints import save_checkpoint
+    from napari_spermmorph.core.inference import Classifier
+    from napari_spermmorph.core.models import ModelSpec, build_model
+    from napari_spermmorph.core.summary import sample_summary
+    from napari_spermmorph.core.training import TrainConfig, TrainingFinished, checkpoint_meta
+
+    spec = ModelSpec(arch="simplecnn", cbam=False, num_classes=2, input_size=64)
+    model = build_model(spec, pretrained=False)
+    pinks = [_crop(**PINK, seed=s)[0] for s in range(4)]
+    meta = checkpoint_meta(TrainingFinished(model, [], {}, False, 0.0), ["normal", "amorphous"],
+                           TrainConfig(spec=spec), pinks, head_fraction=0.5)
+    assert meta["colour_reference"] == colour_reference(pinks).to_dict()
+    path = save_checkpoint(tmp_path / "pink.safetensors", model, meta)
+    clf = Classifier.load(path, device="cpu")
+    blues = [_crop(**BLUE, seed=s)[0] for s in range(3)]
+    assert clf.stain_distance(pinks) == pytest.approx(0.0, abs=1e-4)
+    far = clf.stain_distance(blues)
+    assert far > STAIN_DELTA_E_LIMIT and clf.stain_distance([]) is None
+    # a model saved without a reference (older checkpoints) measures nothing rather than guessing
+    del meta["colour_reference"]
+    old = Classifier.load(save_checkpoint(tmp_path / "old.safetensors", model, meta), device="cpu")
+    assert old.stain_distance(blues) is None
+    # the per-image value travels in the table; the sample summary turns it into a warning
+    table = add_class_columns(pd.DataFrame({"label": [1, 2, 3]}), clf.predict_proba(blues), clf.class_names,
+                              stain_delta_e=far)
+    s = sample_summary(table, clf.class_names)
+    assert s["stain_delta_e"] == pytest.approx(far) and "Delta E" in s["warning"] and "WHO" in s["warning"]
+    table["stain_delta_e"] = 2.0
+    assert "Delta E" not in sample_summary(table, clf.class_names)["warning"]

@@ -11,7 +11,7 @@ import torch
 from napari_spermmorph.core.batch import model_info
 from napari_spermmorph.core.checkpoints import save_checkpoint
 from napari_spermmorph.core.explain import cbam_attention, gradcam_pp
-from napari_spermmorph.core.finetune import load_start_model
+from napari_spermmorph.core.finetune import FineTuneError, load_start_model
 from napari_spermmorph.core.inference import Classifier
 from napari_spermmorph.core.models import ModelSpec, SeedEnsemble, SpermClassifierNet, build_model
 
@@ -70,6 +70,15 @@ def test_checkpoint_round_trip_and_fine_tune_start(tmp_path):
     first = ens.members[0].state_dict()
     for key, value in net.state_dict().items():
         torch.testing.assert_close(value, first[key])
+    # or from another member, by index; an index past the last member is refused
+    net, _, _ = load_start_model(path, NAMES, 48, member=2)
+    third = ens.members[2].state_dict()
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, third[key])
+    name = next(k for k in third if k.startswith("head.") and k.endswith(".weight"))
+    assert not torch.equal(third[name], first[name])
+    with pytest.raises(FineTuneError, match="3 member"):
+        load_start_model(path, NAMES, 48, member=3)
 
 
 def test_explanations_average_over_members():

@@ -57,6 +57,9 @@ def test_imagenet_start_trains_saves_and_classifies(tset, tmp_path):
     assert clf.class_names == NAMES and clf.input_size == 64
     probs = clf.predict_proba(tset.images[:5])
     assert probs.shape == (5, 2) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    # the fine-tuned model records its training crops' colours: its own lab's crops are close to them
+    assert set(meta["colour_reference"]) == {"lab_mean", "lab_std"}
+    assert clf.stain_distance(tset.images) < 1.0
     # a second run never overwrites the first
     res2 = fine_tune(tset, IMAGENET, tmp_path, "mine", tiny_config(phase2_epochs=0), pretrained=False)
     assert res2.path.name == "mine-2.safetensors" and res.path.is_file()

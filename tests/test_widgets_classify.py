@@ -220,3 +220,33 @@ def test_threaded_run_with_stop(make_napari_viewer, tiny_ckpt, field, qtbot, mon
     qtbot.waitUntil(lambda: not w.controls.busy, timeout=120_000)
     assert "Stopped" in w.status.text()
     assert len(viewer.layers) == n_layers
+
+
+def test_another_stain_is_flagged(make_napari_viewer, tmp_path):
+    """A model records its training crops' colours; classifying a field far from them warns, a field close to them
+    does not (the sample field's own head crops as the 'training' colours)."""
+    from napari_spermmorph._sample_data import load_head_crops
+    from napari_spermmorph.core.checkpoints import save_checkpoint
+    from napari_spermmorph.core.colour import colour_reference
+    from napari_spermmorph.core.defaults import STAIN_DELTA_E_LIMIT
+    from napari_spermmorph.core.models import ModelSpec, build_model
+
+    spec = ModelSpec(arch="simplecnn", cbam=False, num_classes=len(CLASSES), input_size=64)
+    model = build_model(spec, pretrained=False).eval()
+    own = colour_reference(load_head_crops()["images"]).to_dict()
+    pink = {"lab_mean": [74.0, 33.6, -2.0], "lab_std": [10.3, 3.8, 4.7]}  # HuSHeM-like training colours
+    viewer = make_napari_viewer()
+    img, heads = _segmented(viewer, load_field(), px=0.046)
+    seen = {}
+    for name, ref in (("own", own), ("pink", pink)):
+        path = save_checkpoint(tmp_path / f"{name}.safetensors", model, {
+            "class_names": CLASSES, "head_fraction": 0.5, "spec": spec.to_dict(), "name": name,
+            "colour_reference": ref})
+        w = _classify_widget(viewer, path, prefer_shipped=False)
+        w.gradcam.setChecked(False)
+        w.set_layers(img, heads)
+        w.run()
+        seen[name] = (float(heads.features["stain_delta_e"].iloc[0]), w.status.text(), w.summary.text())
+    assert seen["own"][0] < STAIN_DELTA_E_LIMIT < seen["pink"][0]
+    assert "colours differ" not in seen["own"][1] and "colours differ" not in seen["own"][2]
+    assert "colours differ" in seen["pink"][1] and "colours differ" in seen["pink"][2]

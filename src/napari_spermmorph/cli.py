@@ -178,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     images = ds.load_crops(cfg.spec.input_size, DEFAULT_HEAD_FRACTION)
     _err(f"training on {len(ds)} images, classes {ds.class_names}, {cfg.spec.input_size} px")
     res = train_classifier(images, ds.labels, cfg, on_update=_show_epoch)
-    meta = checkpoint_meta(res, ds.class_names, cfg, name=args.name or Path(args.out).stem,
+    meta = checkpoint_meta(res, ds.class_names, cfg, images, name=args.name or Path(args.out).stem,
                            head_fraction=DEFAULT_HEAD_FRACTION, align_crops=True,
                            training_data=str(Path(args.dir).resolve()), train_seconds=res.seconds)
     path = save_checkpoint(args.out, res.model, meta)

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.defaults import DEFAULT_TTA
+from ..core.defaults import DEFAULT_TTA, STAIN_DELTA_E_LIMIT
 from . import _models
 from ._layers import (
     add_or_update,
@@ -374,6 +374,7 @@ class ClassifyWidget(QWidget):
             self.legend_layout.addWidget(lab)
 
     def _show_summary(self, table, clf) -> None:
+        from ..core.colour import stain_warning
         from ..core.summary import format_summary, sample_summary
 
         s = sample_summary(table, clf.class_names, normal_class=clf.normal_class)
@@ -381,7 +382,9 @@ class ClassifyWidget(QWidget):
         unc = s.get("uncertain_labels", [])
         text += f"\nUncertain heads ({len(unc)}): {', '.join(map(str, unc)) if unc else 'none'}."
         self.summary.setText(text)
-        self.controls.message(f"Classified {s['n_heads']} head(s) with '{clf.name}'.")
+        stain = stain_warning(s.get("stain_delta_e", 0.0), STAIN_DELTA_E_LIMIT)
+        self.controls.message(f"Classified {s['n_heads']} head(s) with '{clf.name}'." + (f" {stain}" if stain else ""),
+                              "warning" if stain else "info")
 
     def _open_table(self, layer) -> None:
         try:
@@ -454,7 +457,7 @@ def _classify_crops(clf, crops, label_ids, opts, stop, batch_size: int = 32):
     probs = np.concatenate(probs) if probs else np.zeros((0, len(clf.class_names)))
     ids = np.asarray(label_ids, dtype=int) if label_ids is not None and len(label_ids) == n else np.arange(1, n + 1)
     table = add_class_columns(pd.DataFrame({"label": ids, "frame": np.arange(n)}), probs,
-                              clf.class_names, opts["min_confidence"])
+                              clf.class_names, opts["min_confidence"], stain_delta_e=clf.stain_distance(prepared))
     out: dict = {"table": table, "heatmap": None, "attention": None}
     if opts["explain"]:
         maps = []

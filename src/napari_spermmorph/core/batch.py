@@ -480,7 +480,7 @@ def _process_crops(job: Job, s: BatchSettings, clf: Classifier) -> Outcome:
     probs = clf.predict_proba(x, tta=s.tta)
     base = pd.DataFrame({"image": job.stem, "sample": job.sample, "label": np.arange(1, len(names) + 1),
                          "file": [str(f) for f in names]})
-    table = add_class_columns(base, probs, clf.class_names, s.min_confidence)
+    table = add_class_columns(base, probs, clf.class_names, s.min_confidence, stain_delta_e=clf.stain_distance(x))
     maps = None
     if s.heatmaps:
         from .explain import gradcam_pp
@@ -605,6 +605,7 @@ def summarise_samples(jobs: Sequence[Job], outcomes: Sequence[Outcome], out_dir:
         for key in ("percent_normal", "ci95_low", "ci95_high"):
             row[key] = summ.get(key, float("nan"))
         row["n_uncertain"] = int(sub["uncertain"].astype(bool).sum()) if "uncertain" in sub and len(sub) else 0
+        row["stain_delta_e"] = summ.get("stain_delta_e", float("nan"))
         row["warning"] = summ["warning"]
         rows.append(row)
     return pd.DataFrame(rows), heads

@@ -4,6 +4,10 @@ Stains differ between labs (HuSHeM's Diff-Quik crops are pink and purple, SMIDS 
 violet), and a network trained on one lab's colours reads another's as a different class. Moving each crop's Lab
 mean and spread onto those of the training crops removes the global colour difference; shape is untouched.
 ``benchmarks/bench_cross_dataset.py`` measures what it buys across datasets.
+
+The same statistics warn before a model reads another lab's colours: a checkpoint records its training crops'
+reference, and ``stain_distance`` is how far the crops being classified are from it (CIE76 colour difference of
+their average colour). The cross-dataset benchmark also measures that distance within and across datasets.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ class ColourReference:
     def to_dict(self) -> dict:
         return {"lab_mean": list(self.mean), "lab_std": list(self.std)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ColourReference:
+        return cls(tuple(float(v) for v in d["lab_mean"]), tuple(float(v) for v in d["lab_std"]))
+
 
 def _lab_stats(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = lab.reshape(-1, 3)
@@ -45,6 +53,24 @@ def colour_reference(images: Iterable[np.ndarray]) -> ColourReference:
     mean = np.mean([m for m, _ in stats], axis=0)
     std = np.mean([s for _, s in stats], axis=0)
     return ColourReference(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+
+def stain_distance(images: Iterable[np.ndarray], reference: ColourReference) -> float:
+    """CIE76 colour difference (Delta E) between the average Lab colour of ``images`` and the reference's.
+
+    About 1-3 for batches of ten crops from a model's own training set, 17-30 for another lab's (see the
+    cross-dataset benchmark); ``defaults.STAIN_DELTA_E_LIMIT`` is where a warning starts.
+    """
+    mean = np.asarray(colour_reference(images).mean)
+    return float(np.linalg.norm(mean - np.asarray(reference.mean)))
+
+
+def stain_warning(delta_e: float, limit: float) -> str:
+    """The sentence a user reads when crops are ``delta_e`` from the model's training colours ('' when close)."""
+    if not delta_e > limit:
+        return ""
+    return (f"These heads' colours differ from the model's training images (Delta E {delta_e:.0f} > {limit:g}): "
+            "another stain or microscope; check the classes by eye, or fine-tune on this lab's images.")
 
 
 def match_colour(image: np.ndarray, reference: ColourReference) -> np.ndarray:

@@ -79,15 +79,17 @@ def start_info(source: str | Path, input_size: int = 128,
 
 
 def load_start_model(source: str | Path, class_names: Sequence[str], input_size: int = 128,
-                     pretrained: bool = True):
+                     pretrained: bool = True, member: int = 0):
     """(model, StartInfo, names of classes whose head rows were kept) with a head for ``class_names``.
 
-    An ensemble checkpoint starts from its first member: fine-tuning trains one network.
+    An ensemble checkpoint starts from one member (``member``, the first by default): fine-tuning trains one network.
     """
     from .models import ModelSpec, SeedEnsemble, build_model, default_normalisation
 
     names = list(class_names)
     if str(source) == IMAGENET:
+        if member:
+            raise FineTuneError(f"ImageNet is one network: no member {member}")
         mean, std = default_normalisation("tf_efficientnet_lite0")
         spec = ModelSpec(num_classes=len(names), input_size=int(input_size), mean=mean, std=std)
         return build_model(spec, pretrained=pretrained), start_info(IMAGENET, input_size), []
@@ -101,8 +103,10 @@ def load_start_model(source: str | Path, class_names: Sequence[str], input_size:
         model.load_state_dict(state, strict=True)
     except (CheckpointError, RuntimeError, KeyError) as exc:
         raise FineTuneError(f"The start model {source} cannot be loaded: {exc}") from exc
-    if isinstance(model, SeedEnsemble):
-        model = model.members[0]  # fine-tuning trains one network: an ensemble's first member
+    members = list(model.members) if isinstance(model, SeedEnsemble) else [model]
+    if not 0 <= member < len(members):
+        raise FineTuneError(f"The start model {source} has {len(members)} member(s): no member {member}")
+    model = members[member]  # fine-tuning trains one network
     info = start_info(source)
     kept = adapt_head(model, info.class_names, names)
     return model, info, kept
@@ -250,7 +254,7 @@ def _save(final, ts: TrainingSet, info: StartInfo, kept: list[str], out: Path, c
         msg = "Stopped before the first epoch ended: nothing was saved; the previous models are unchanged."
         return FineTuneResult(None, {}, final.stopped, final.history, {}, seconds, msg, kept)
     meta = checkpoint_meta(
-        final, ts.class_names, config, name=Path(out).stem, label_scheme="custom (fine-tuned in napari)",
+        final, ts.class_names, config, ts.images, name=Path(out).stem, label_scheme="custom (fine-tuned in napari)",
         head_fraction=ts.head_fraction, align_crops=True,
         fine_tuned_from=info.name, fine_tuned_from_source=str(info.source),
         head_rows_reused=kept, training_data=ts.summary(), train_seconds=seconds,

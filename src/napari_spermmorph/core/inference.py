@@ -128,6 +128,17 @@ class Classifier:
         """Whether the model was trained on aligned crops (major axis horizontal, see crops.normalise_crops)."""
         return bool(self.meta.get("align_crops", False))
 
+    def stain_distance(self, crops: Sequence[np.ndarray] | np.ndarray) -> float | None:
+        """Colour difference between these crops and the model's training crops (``colour.stain_distance``);
+        None for a model that records no colour reference (checkpoints from before it was recorded) or no crops.
+        """
+        from .colour import ColourReference, stain_distance
+
+        ref = self.meta.get("colour_reference")
+        if ref is None or len(crops) == 0:
+            return None
+        return stain_distance(crops, ColourReference.from_dict(ref))
+
     def prepare_crops(self, crops: Sequence[np.ndarray] | np.ndarray):
         """Ready-made crops (one head each, any size) -> ``HeadCrops`` in the model's training geometry.
 

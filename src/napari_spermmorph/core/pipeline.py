@@ -31,8 +31,10 @@ class FieldResult:
 
 
 def add_class_columns(table: pd.DataFrame, probs: np.ndarray, class_names: list[str],
-                      min_confidence: float = 0.6, max_entropy: float | None = None) -> pd.DataFrame:
-    """class, confidence, one p_<class> column per class and the uncertain flag (a new frame)."""
+                      min_confidence: float = 0.6, max_entropy: float | None = None,
+                      stain_delta_e: float | None = None) -> pd.DataFrame:
+    """class, confidence, one p_<class> column per class, the uncertain flag (a new frame), and the crops' colour
+    distance from the model's training crops (``Classifier.stain_distance``, one value per image) when known."""
     out = table.copy()
     k = len(class_names)
     probs = np.asarray(probs, dtype=float).reshape(-1, k)
@@ -42,6 +44,8 @@ def add_class_columns(table: pd.DataFrame, probs: np.ndarray, class_names: list[
     for i, name in enumerate(class_names):
         out[f"p_{name}"] = probs[:, i]
     out["uncertain"] = uncertain_mask(probs, min_confidence, max_entropy)
+    if stain_delta_e is not None:
+        out["stain_delta_e"] = float(stain_delta_e)
     return out
 
 
@@ -72,7 +76,8 @@ def classify_heads(
     probs = classifier.predict_proba(crops.images, batch_size=batch_size, tta=tta) if len(crops.images) else \
         np.zeros((0, len(classifier.class_names)))
     probs = probs[idx] if len(idx) else probs
-    table = add_class_columns(table, probs, classifier.class_names, min_confidence)
+    table = add_class_columns(table, probs, classifier.class_names, min_confidence,
+                              stain_delta_e=classifier.stain_distance(crops.images))
     result = FieldResult(labels=labels, table=table, crops=crops, probs=probs)
     if (explain or attention) and len(crops.images) and not (should_stop and should_stop()):
         from .explain import cbam_attention, gradcam_pp

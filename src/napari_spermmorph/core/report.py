@@ -81,7 +81,7 @@ def summary_table_html(samples: pd.DataFrame, class_names: Sequence[str], normal
     head = ["sample", "images", "failed", "heads", *class_names]
     if normal_class:
         head.append(f"% {normal_class} (95% CI)")
-    head += ["uncertain", "note"]
+    head += ["uncertain", "stain \N{GREEK CAPITAL LETTER DELTA}E", "note"]
     rows = []
     for _, r in samples.iterrows():
         cells = [f'<td class="l">{html.escape(str(r["sample"]))}</td>', f"<td>{int(r['n_images'])}</td>",
@@ -93,6 +93,7 @@ def summary_table_html(samples: pd.DataFrame, class_names: Sequence[str], normal
                   if not (isinstance(pct, float) and math.isnan(pct)) else "n/a")
             cells.append(f"<td>{ci}</td>")
         cells.append(f"<td>{int(r['n_uncertain'])}</td>")
+        cells.append(f"<td>{_fmt(r.get('stain_delta_e'))}</td>")  # colour distance from the model's training crops
         warn = str(r.get("warning") or "")
         warn = "" if warn == "nan" else warn
         cells.append(f'<td class="l warn">{html.escape(warn)}</td>')

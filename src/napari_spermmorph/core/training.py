@@ -363,8 +363,17 @@ def _phase2(model, x, y, cfg: TrainConfig, device, gen, from_scratch: bool):
     return run
 
 
-def checkpoint_meta(result: TrainingFinished, class_names: Sequence[str], config: TrainConfig, **extra) -> dict:
-    """Metadata saved with a trained model: how to rebuild it and how it was trained."""
+def checkpoint_meta(result: TrainingFinished, class_names: Sequence[str], config: TrainConfig,
+                    crops: Sequence[np.ndarray] | None = None, **extra) -> dict:
+    """Metadata saved with a trained model: how to rebuild it and how it was trained.
+
+    ``crops``: the training crops, whose average colours are recorded so that classifying another lab's stain can
+    be flagged (``Classifier.stain_distance``).
+    """
+    if crops is not None and len(crops):
+        from .colour import colour_reference
+
+        extra = {"colour_reference": colour_reference(crops).to_dict(), **extra}
     return {
         "spec": result.model.spec.to_dict(),
         "class_names": list(class_names),
