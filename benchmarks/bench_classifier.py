@@ -162,6 +162,11 @@ for _s in (0, 1):
     ENSEMBLES[_row] = tuple(k + ("" if _s == 0 else f"_s{_s}") for k in
                             ("lite1_cbam_smidsnh_noval", "lite1_cbam_smidsnh1_noval", "effnet_cbam_smidsnh2_noval"))
     LABELS[_row] = f"no validation hold-out, one member per smids-3class member (Lite1, Lite1, Lite0), seed {_s} each"
+# The shipped mix (noval_mixed_nh_s0) with only its Lite0 member started from smids-3class's Lite0 (its 3rd member)
+# rather than the earlier SMIDS Lite0 model: the start change that helped the Lite1 member.
+ENSEMBLES["noval_mixed_nh_l0nh_s0"] = ("effnet_cbam_smidsnh2_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval")
+LABELS["noval_mixed_nh_l0nh_s0"] = ("no validation hold-out, one member per start (Lite0 from smids-3class's Lite0, "
+                                    "Lite1, Lite1 from the no-hold-out SMIDS model), seed 0 each")
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"
