@@ -69,7 +69,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    from napari_spermmorph.core.colour import ColourReference, match_colour
     from napari_spermmorph.core.datasets import load_class_folders, read_image
     from napari_spermmorph.core.defaults import DEFAULT_TTA, STAIN_DELTA_E_LIMIT
     from napari_spermmorph.core.inference import Classifier
@@ -96,14 +95,14 @@ def main(argv=None) -> int:
         keep = np.array([f.parent.name not in left_out for f in ds.files])
         images = prepared(clf, read)[keep]
         is_normal = np.array([f.parent.name == normal_folder for f in ds.files])[keep]
-        # the training crops' colours its checkpoint records, measured on crops prepared the same way
-        reference = ColourReference.from_dict(clf.meta["colour_reference"])
         normal_index = clf.class_names.index("normal")
         for variant in ("as given", "colour-matched"):
             t0 = time.perf_counter()
-            crops = images if variant == "as given" else np.stack([match_colour(im, reference) for im in images])
-            probs = clf.predict_proba(crops, tta=DEFAULT_TTA)
-            res = {"model": model_name, "reads": read, "variant": variant, "colour_reference": reference.to_dict(),
+            # the product's option: each crop moved onto the training colours its checkpoint records
+            clf.match_colours = variant == "colour-matched"
+            probs = clf.predict_proba(images, tta=DEFAULT_TTA)
+            res = {"model": model_name, "reads": read, "variant": variant,
+                   "colour_reference": clf.colour_reference.to_dict(),
                    **score(probs, is_normal, normal_index, clf.class_names), "seconds": time.perf_counter() - t0}
             results.append(res)
             print(f"{model_name} on {read} ({variant}): balanced accuracy {res['balanced_accuracy']:.3f}", flush=True)
@@ -115,7 +114,8 @@ def main(argv=None) -> int:
                       "balanced accuracy %", "calls"], rows)
           + f"\n\nTTA x{DEFAULT_TTA}. SMIDS's non-sperm crops left out; HuSHeM's tapered, pyriform and amorphous "
           "count as abnormal. Colour-matched: each crop's CIE-Lab mean and SD set to the model's recorded training "
-          f"colours (`core.colour`).\nMachine: {machine_description()}.\n")
+          "colours (`Classifier.match_colours`: the option \"match colours\", `--match-colours`).\n"
+          f"Machine: {machine_description()}.\n")
     fields = sorted((root / "sperm_parsing" / "train" / "images").glob("*.jpg"))
     fields = fields[:: max(1, len(fields) // args.fields)][: args.fields]
     stain_rows, stain = [], []

@@ -159,6 +159,16 @@ def test_crop_folder_is_classified_without_segmentation(tiny_model, tmp_path):
     assert table["stain_delta_e"].nunique() == 1 and table["stain_delta_e"][0] > 0  # one value for the folder
     assert not list((tmp_path / "out").glob("*.heads.tif"))
     assert res.samples.set_index("sample").loc["donor7", "n_heads"] == len(images)
+    # colour matching is a setting of the run: not mixed into a folder done without it, recorded when forced
+    with pytest.raises(BatchInputError, match="match_colours"):
+        run_batch([tmp_path / "crops"], tmp_path / "out", tiny_model, scheduler="sync", progress=False,
+                  match_colours=True)
+    run_batch([tmp_path / "crops"], tmp_path / "out", tiny_model, scheduler="sync", progress=False,
+              match_colours=True, force=True)
+    matched = pd.read_csv(tmp_path / "out" / "donor7.crops.csv")
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["settings"]["match_colours"] is True
+    assert not np.allclose(matched[[f"p_{c}" for c in CLASSES]], table[[f"p_{c}" for c in CLASSES]], atol=1e-4)
+    np.testing.assert_allclose(matched["stain_delta_e"], table["stain_delta_e"])  # measured on the crops as given
 
 
 def test_expand_inputs_rules(tmp_path):

@@ -73,9 +73,14 @@ def test_evaluate_mismatched_classes_is_a_clear_error(tiny_model, tmp_path, caps
     (["evaluate", "--model", "no-such-model", "."], "no-such-model"),
     (["analyze", "/no/such/folder", "--out", "OUT", "--model", "MODEL"], "Input not found"),
     (["cv", "/no/such/folder"], "not found"),
+    # the tiny model records no training colours: nothing to match to
+    (["evaluate", "--model", "MODEL", "--match-colours", "."], "records no training colours"),
+    (["analyze", "IN", "--out", "OUT", "--model", "MODEL", "--match-colours"], "records no training colours"),
 ])
 def test_user_errors_exit_2_without_traceback(argv, needle, tiny_model, tmp_path, capsys):
-    argv = [a.replace("OUT", str(tmp_path / "o")).replace("MODEL", str(tiny_model)) for a in argv]
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(tmp_path / "field.png")
+    argv = [a.replace("OUT", str(tmp_path / "o")).replace("MODEL", str(tiny_model))
+            .replace("IN", str(tmp_path / "field.png")) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err

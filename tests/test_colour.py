@@ -4,6 +4,7 @@ already has them. Stain distance: another stain is flagged, from the checkpoint'
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from skimage.color import rgb2lab
 
 from napari_spermmorph.core.colour import ColourReference, colour_reference, match_colour, stain_distance, stain_warning
@@ -76,6 +77,7 @@ def test_classifier_flags_another_stain_through_checkpoint_and_summary(tmp_path)
     from napari_spermmorph.core.summary import sample_summary
     from napari_spermmorph.core.training import TrainConfig, TrainingFinished, checkpoint_meta
 
+    torch.manual_seed(0)  # an untrained network's outputs barely move with its input: keep them repeatable
     spec = ModelSpec(arch="simplecnn", cbam=False, num_classes=2, input_size=64)
     model = build_model(spec, pretrained=False)
     pinks = [_crop(**PINK, seed=s)[0] for s in range(4)]
@@ -92,6 +94,18 @@ def test_classifier_flags_another_stain_through_checkpoint_and_summary(tmp_path)
     del meta["colour_reference"]
     old = Classifier.load(save_checkpoint(tmp_path / "old.safetensors", model, meta), device="cpu")
     assert old.stain_distance(blues) is None
+    # matching colours: the network reads each crop moved onto the training colours, and only then
+    plain = clf.predict_proba(blues)
+    clf.match_colours = True
+    matched = clf.predict_proba(blues)
+    by_hand = old.to_tensor([match_colour(b, clf.colour_reference) for b in blues])  # old matches nothing
+    np.testing.assert_array_equal(clf.to_tensor(blues).numpy(), by_hand.numpy())
+    assert np.abs(matched - plain).max() > 1e-6
+    clf.match_colours = False
+    np.testing.assert_allclose(clf.predict_proba(blues), plain, atol=1e-6)
+    with pytest.raises(ValueError, match="records no training colours"):
+        old.match_colours = True
+    assert old.match_colours is False
     # the per-image value travels in the table; the sample summary turns it into a warning
     table = add_class_columns(pd.DataFrame({"label": [1, 2, 3]}), clf.predict_proba(blues), clf.class_names,
                               stain_delta_e=far)

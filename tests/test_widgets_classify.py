@@ -231,6 +231,7 @@ def test_another_stain_is_flagged(make_napari_viewer, tmp_path):
     from napari_spermmorph.core.defaults import STAIN_DELTA_E_LIMIT
     from napari_spermmorph.core.models import ModelSpec, build_model
 
+    torch.manual_seed(0)
     spec = ModelSpec(arch="simplecnn", cbam=False, num_classes=len(CLASSES), input_size=64)
     model = build_model(spec, pretrained=False).eval()
     own = colour_reference(load_head_crops()["images"]).to_dict()
@@ -250,3 +251,20 @@ def test_another_stain_is_flagged(make_napari_viewer, tmp_path):
     assert seen["own"][0] < STAIN_DELTA_E_LIMIT < seen["pink"][0]
     assert "colours differ" not in seen["own"][1] and "colours differ" not in seen["own"][2]
     assert "colours differ" in seen["pink"][1] and "colours differ" in seen["pink"][2]
+    # matching colours to the model: other probabilities, the same distance (of the field as given), said so
+    before = heads.features[[f"p_{c}" for c in CLASSES]].to_numpy()
+    w.match_colours.setChecked(True)
+    w.run()
+    assert "colours matched" in w.status.text()
+    seen_after = heads.features["stain_delta_e"].to_numpy()
+    assert float(heads.features["stain_delta_e"].iloc[0]) == pytest.approx(seen["pink"][0])
+    assert np.abs(heads.features[[f"p_{c}" for c in CLASSES]].to_numpy() - before).max() > 1e-6
+    # a model saved without its training colours cannot match them: said plainly, the layers stay as they were
+    path = save_checkpoint(tmp_path / "none.safetensors", model, {
+        "class_names": CLASSES, "head_fraction": 0.5, "spec": spec.to_dict(), "name": "none"})
+    w = _classify_widget(viewer, path, prefer_shipped=False)
+    w.match_colours.setChecked(True)
+    w.set_layers(img, heads)
+    w.run()
+    assert "records no training colours" in w.status.text()
+    np.testing.assert_array_equal(heads.features["stain_delta_e"], seen_after)

@@ -89,7 +89,11 @@ def list_models() -> list[dict]:
 def classify(image: np.ndarray, labels: np.ndarray | None = None, model: Classifier | str | Path | None = None,
              pixel_size_um: float | None = None, tta: int = DEFAULT_TTA, explain: bool = False,
              min_confidence: float = 0.6, **kwargs: Any) -> FieldResult:
-    """Classify every head of a 2D field; without ``labels`` the field is segmented first (as in the CLI)."""
+    """Classify every head of a 2D field; without ``labels`` the field is segmented first (as in the CLI).
+
+    Another lab's stain: pass a loaded ``Classifier`` with ``match_colours = True`` to colour-match each head to
+    the model's training colours first (the table's ``stain_delta_e`` says how far the field's colours are).
+    """
     from .core.pipeline import analyze_field, classify_heads
 
     clf = _classifier(model)
@@ -108,9 +112,10 @@ def classify_crops(crops: np.ndarray | Sequence[np.ndarray], model: Classifier |
     from .core.pipeline import add_class_columns
 
     clf = _classifier(model)
-    probs = clf.predict_crops(crops, tta=tta)
+    x = clf.prepare_crops(crops).images
+    probs = clf.predict_proba(x, tta=tta)
     return add_class_columns(pd.DataFrame({"label": np.arange(1, len(probs) + 1)}), probs, clf.class_names,
-                             min_confidence)
+                             min_confidence, stain_delta_e=clf.stain_distance(x))
 
 
 def explain(crops: np.ndarray | Sequence[np.ndarray], model: Classifier | str | Path | None = None,

@@ -133,13 +133,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.batch import model_info
 
     clf = _load_classifier(args.model, args.device)
+    try:
+        clf.match_colours = args.match_colours
+    except ValueError as exc:
+        raise UserError(f"--match-colours: {exc}") from exc
     ds = _load_dataset(args.dir, clf.class_names)
     t0 = time.perf_counter()
     m = evaluate_dataset(clf, ds, tta=args.tta)
     _print_metrics(m)
     if args.json:
         payload = dict(m, model=model_info(args.model), dataset=str(Path(args.dir).resolve()), tta=args.tta,
-                       folders=ds.folder_names, seconds=time.perf_counter() - t0)
+                       match_colours=args.match_colours, folders=ds.folder_names, seconds=time.perf_counter() - t0)
         print(f"wrote {_write_json(args.json, payload)}")
     return 0
 
@@ -290,7 +294,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     res = _run_analysis(args.inputs, args.out, args.model, args.argv, pixel_size_um=args.pixel_size,
                         heatmaps=args.heatmaps, sample_sheet=args.sample_sheet, force=args.force,
                         scheduler=args.scheduler, workers=args.workers, tta=args.tta, mode=mode,
-                        device=args.device, min_confidence=args.min_confidence, progress=not args.no_progress)
+                        device=args.device, min_confidence=args.min_confidence, match_colours=args.match_colours,
+                        progress=not args.no_progress)
     return res.exit_code
 
 
@@ -384,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the metrics to this JSON file")
     p.add_argument("--tta", type=int, default=DEFAULT_TTA,
                    help=f"test-time augmentation views, 1-8 (default {DEFAULT_TTA}: flips keeping the head's axis)")
+    p.add_argument("--match-colours", action="store_true",
+                   help="colour-match each crop to the model's training colours first: does it help on your stain?")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
 
@@ -418,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, default=DEFAULT_TTA,
                    help=f"test-time augmentation views, 1-8 (default {DEFAULT_TTA}: flips keeping the head's axis)")
     p.add_argument("--min-confidence", type=float, default=0.6, help="heads below it are flagged uncertain")
+    p.add_argument("--match-colours", action="store_true",
+                   help="move each head's colours onto the model's training colours before classifying (another "
+                        "lab's stain; see the stain check in the report)")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--crops", action="store_true",
                       help="treat every input folder as head crops (default: a folder whose images are all "

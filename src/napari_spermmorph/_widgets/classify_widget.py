@@ -91,6 +91,11 @@ class ClassifyWidget(QWidget):
         self.device_combo = QComboBox()
         self.tta = QCheckBox(f"test-time augmentation ({DEFAULT_TTA} flips)")
         self.tta.setChecked(True)
+        self.match_colours = QCheckBox("match colours to the model's training stain")
+        self.match_colours.setToolTip(
+            "Move each head's colours onto the model's training colours before it reads them. For another lab's "
+            "stain (the summary warns when the field's colours are far from the model's); it helps only partly: "
+            "fine-tune on your own images to trust the classes.")
         self.min_conf = QDoubleSpinBox()
         self.min_conf.setRange(0.0, 1.0)
         self.min_conf.setSingleStep(0.05)
@@ -111,6 +116,7 @@ class ClassifyWidget(QWidget):
         form.addRow("checkpoint", ck_row)
         form.addRow("device", self.device_combo)
         form.addRow(self.tta)
+        form.addRow(self.match_colours)
         form.addRow("uncertain below", self.min_conf)
         form.addRow(self.gradcam)
         form.addRow("explain class", self.target_combo)
@@ -286,6 +292,7 @@ class ClassifyWidget(QWidget):
         device = self.device_combo.currentText() or "auto"
         opts = {
             "tta": DEFAULT_TTA if self.tta.isChecked() else 1,
+            "match_colours": self.match_colours.isChecked(),
             "min_confidence": float(self.min_conf.value()),
             "explain": self.gradcam.isChecked(),
             "attention": self.attention.isChecked(),
@@ -303,6 +310,7 @@ class ClassifyWidget(QWidget):
             yield Progress(0, 1, "Loading the model...")
             clf = self._load(kind, value, device)
             self._check_model(clf, opts["target"])
+            clf.match_colours = opts["match_colours"]  # refused for a model without recorded colours
             if labels is None:
                 return clf, (yield from _classify_crops(clf, image, ids, opts, stop))
             return clf, (yield from _classify_fields(clf, image, labels, rgb, px, opts, stop))
@@ -383,8 +391,9 @@ class ClassifyWidget(QWidget):
         text += f"\nUncertain heads ({len(unc)}): {', '.join(map(str, unc)) if unc else 'none'}."
         self.summary.setText(text)
         stain = stain_warning(s.get("stain_delta_e", 0.0), STAIN_DELTA_E_LIMIT)
-        self.controls.message(f"Classified {s['n_heads']} head(s) with '{clf.name}'." + (f" {stain}" if stain else ""),
-                              "warning" if stain else "info")
+        matched = " (colours matched to its training stain)" if clf.match_colours else ""
+        self.controls.message(f"Classified {s['n_heads']} head(s) with '{clf.name}'{matched}."
+                              + (f" {stain}" if stain else ""), "warning" if stain else "info")
 
     def _open_table(self, layer) -> None:
         try:

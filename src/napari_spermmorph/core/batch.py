@@ -76,6 +76,7 @@ class BatchSettings:
     torch_threads: int | None = None
     max_thumbs: int = 8  # uncertain heads kept per image for the report
     report_heatmaps: bool = True  # Grad-CAM++ for the report's uncertain heads even without --heatmaps
+    match_colours: bool = False  # crops moved onto the model's training colours before it reads them
 
 
 @dataclass
@@ -386,6 +387,7 @@ def process_job(job: Job, settings: BatchSettings) -> Outcome:
     t0 = time.perf_counter()
     try:
         clf = get_classifier(settings.model, settings.device, settings.torch_threads)
+        clf.match_colours = settings.match_colours
         run = _process_crops if job.kind == "crops" else _process_field
         out = run(job, settings, clf)
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the run
@@ -687,7 +689,8 @@ def _check_previous_run(out_dir: Path, info: dict, settings: BatchSettings) -> l
     checks = {"model sha256": (prev.get("model", {}).get("sha256"), info["sha256"]),
               "pixel size": (old.get("pixel_size_um"), settings.pixel_size_um),
               "tta": (old.get("tta"), settings.tta), "min_confidence": (old.get("min_confidence"),
-                                                                          settings.min_confidence)}
+                                                                          settings.min_confidence),
+              "match_colours": (old.get("match_colours", False), settings.match_colours)}
     diff = [f"{k} {a!r} -> {b!r}" for k, (a, b) in checks.items() if a != b]
     if diff:
         raise BatchInputError(f"{out_dir} holds results of an earlier run with other settings ({'; '.join(diff)}). "
@@ -699,8 +702,9 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Pa
               pixel_size_um: float | None = None, heatmaps: bool = False,
               sample_sheet: str | Path | Mapping[str, str] | None = None,
               force: bool = False, scheduler: str = "threads", workers: int | None = None, tta: int = DEFAULT_TTA,
-              mode: str = "auto", device: str = "auto", min_confidence: float = 0.6, progress: bool = True,
-              argv: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> BatchResult:
+              mode: str = "auto", device: str = "auto", min_confidence: float = 0.6, match_colours: bool = False,
+              progress: bool = True, argv: Sequence[str] | None = None,
+              log: Callable[[str], None] | None = None) -> BatchResult:
     """Analyse every input and write per-image outputs, ``samples.csv``, ``errors.csv``, ``report.html`` and
     ``run.json`` into ``out_dir``. Images already done are skipped unless ``force``."""
     from datetime import datetime, timezone
@@ -729,11 +733,15 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Pa
             threads = min(threads, int(omp))
     settings = BatchSettings(model=info["path"], out_dir=str(out), device=device, pixel_size_um=pixel_size_um,
                              heatmaps=heatmaps, tta=int(tta), force=force, min_confidence=min_confidence,
-                             torch_threads=threads)
+                             torch_threads=threads, match_colours=bool(match_colours))
     out.mkdir(parents=True, exist_ok=True)
     history = _check_previous_run(out, info, settings)
     # Load once here: a broken checkpoint fails now with one clear message, not once per image.
     clf = get_classifier(settings.model, device, threads)
+    try:
+        clf.match_colours = match_colours
+    except ValueError as exc:
+        raise BatchInputError(f"--match-colours: {exc}") from exc
     todo = [j for j in jobs if force or not is_done(j, out, heatmaps)]
     skipped = [Outcome(j, "skipped") for j in jobs if j not in todo]
     n_crops = sum(j.kind == "crops" for j in jobs)
@@ -758,7 +766,8 @@ def run_batch(inputs: Sequence[str | Path], out_dir: str | Path, model: str | Pa
         "started": started, "finished": finished, "seconds": round(time.perf_counter() - t0, 2),
         "inputs": [str(p) for p in inputs], "out_dir": str(out.resolve()),
         "settings": {"model": str(model), "pixel_size_um": pixel_size_um, "heatmaps": heatmaps, "tta": int(tta),
-                     "min_confidence": min_confidence, "mode": mode, "sample_sheet": sheet_record,
+                     "min_confidence": min_confidence, "match_colours": bool(match_colours), "mode": mode,
+                     "sample_sheet": sheet_record,
                      "scheduler": scheduler, "workers": n_workers, "device": device, "force": force},
         "model": info, "versions": versions(), "counts": counts,
         "images": [{"input": str(o.job.path), "kind": o.job.kind, "stem": o.job.stem, "sample": o.job.sample,

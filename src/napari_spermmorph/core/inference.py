@@ -85,6 +85,7 @@ class Classifier:
         self.meta = meta
         self.name = meta.get("name", "model")
         self._runner: torch.nn.Module | None = None
+        self._match_colours = False
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str | torch.device = "auto") -> Classifier:
@@ -128,16 +129,36 @@ class Classifier:
         """Whether the model was trained on aligned crops (major axis horizontal, see crops.normalise_crops)."""
         return bool(self.meta.get("align_crops", False))
 
-    def stain_distance(self, crops: Sequence[np.ndarray] | np.ndarray) -> float | None:
-        """Colour difference between these crops and the model's training crops (``colour.stain_distance``);
-        None for a model that records no colour reference (checkpoints from before it was recorded) or no crops.
-        """
-        from .colour import ColourReference, stain_distance
+    @property
+    def match_colours(self) -> bool:
+        """Move each crop's colours onto the model's training colours before it is read (``to_tensor``): another
+        lab's stain, partly undone. Off by default; the stain check says when it is worth trying. Switching it on
+        for a model that records no training colours raises ValueError."""
+        return self._match_colours
+
+    @match_colours.setter
+    def match_colours(self, on: bool) -> None:
+        if on and self.colour_reference is None:
+            raise ValueError(f"The model '{self.name}' records no training colours (saved before they were "
+                             "recorded): colours cannot be matched to it; classify without colour matching.")
+        self._match_colours = bool(on)
+
+    @property
+    def colour_reference(self):
+        """The training crops' colours (``colour.ColourReference``) recorded in the checkpoint, else None."""
+        from .colour import ColourReference
 
         ref = self.meta.get("colour_reference")
-        if ref is None or len(crops) == 0:
-            return None
-        return stain_distance(crops, ColourReference.from_dict(ref))
+        return None if ref is None else ColourReference.from_dict(ref)
+
+    def stain_distance(self, crops: Sequence[np.ndarray] | np.ndarray) -> float | None:
+        """Colour difference between these crops, as given, and the model's training crops
+        (``colour.stain_distance``); None for a model that records no colours (older checkpoints) or no crops.
+        """
+        from .colour import stain_distance
+
+        ref = self.colour_reference
+        return None if ref is None or len(crops) == 0 else stain_distance(crops, ref)
 
     def prepare_crops(self, crops: Sequence[np.ndarray] | np.ndarray):
         """Ready-made crops (one head each, any size) -> ``HeadCrops`` in the model's training geometry.
@@ -157,6 +178,12 @@ class Classifier:
         return self.predict_proba(self.prepare_crops(crops).images, batch_size, tta)
 
     def to_tensor(self, crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """The network's input for field-geometry crops: classification and every explanation go through here."""
+        if self.match_colours and len(crops):
+            from .colour import match_colour
+
+            ref = self.colour_reference
+            crops = [match_colour(c, ref) for c in crops]
         return crops_to_tensor(crops, self.input_size)
 
     def predict_proba(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 8,
