@@ -40,6 +40,7 @@ MODELS = {
     "lite1_cbam_smids_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "lite1_cbam_nohold": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "effnet_cbam_nohold": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_nohold_mix": dict(arch="efficientnet", cbam=True),
     "lite1_cbam_smidsnh_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "lite1_cbam_smidsnh1_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "effnet_cbam_smidsnh2_noval": dict(arch="efficientnet", cbam=True),
@@ -62,6 +63,8 @@ TRAIN_OVERRIDES = {
     "lite1_cbam_smids_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
     "lite1_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
     "effnet_cbam_nohold": {"hushem": {"val_fraction": 0.0}, "smids": {"val_fraction": 0.0}},
+    # ... and with HuSHeM's regularisers (MixUp 0.2, label smoothing 0.1) on SMIDS: a third member trained otherwise
+    "effnet_cbam_nohold_mix": {"smids": {"val_fraction": 0.0, "mixup_alpha": 0.2, "label_smoothing": 0.1}},
     "lite1_cbam_smidsnh_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
     "lite1_cbam_smidsnh1_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
     "effnet_cbam_smidsnh2_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
@@ -103,6 +106,7 @@ LABELS = {
         "EfficientNet-Lite1 + CBAM from the SMIDS Lite1 model, phase 2 x2, no validation hold-out",
     "lite1_cbam_nohold": "EfficientNet-Lite1 + CBAM, no validation hold-out",
     "effnet_cbam_nohold": "EfficientNet-Lite0 + CBAM, no validation hold-out",
+    "effnet_cbam_nohold_mix": "EfficientNet-Lite0 + CBAM, no validation hold-out, MixUp 0.2 + label smoothing 0.1",
     "lite1_cbam_smidsnh_noval":
         "EfficientNet-Lite1 + CBAM from the no-hold-out SMIDS Lite1 model, phase 2 x2, no validation hold-out",
     "lite1_cbam_smidsnh1_noval":
@@ -177,6 +181,10 @@ LABELS["lite1_cbam_nohold_ens2"] = f"{LABELS['lite1_cbam_nohold']}, 2 seeds aver
 # not): does another backbone add what a third seed would?
 ENSEMBLES["nohold_mixed_ens3"] = ("lite1_cbam_nohold", "lite1_cbam_nohold_s1", "effnet_cbam_nohold")
 LABELS["nohold_mixed_ens3"] = f"{LABELS['lite1_cbam_nohold']}, 2 seeds, + Lite0 + CBAM (same recipe), averaged"
+# The same with the Lite0 member trained with MixUp and label smoothing: does a member trained otherwise add more?
+ENSEMBLES["nohold_mixed_mix_ens3"] = ("lite1_cbam_nohold", "lite1_cbam_nohold_s1", "effnet_cbam_nohold_mix")
+LABELS["nohold_mixed_mix_ens3"] = (f"{LABELS['lite1_cbam_nohold']}, 2 seeds, + Lite0 + CBAM with MixUp 0.2 and label "
+                                   "smoothing 0.1, averaged")
 PAPER = {"hushem": (0.939, 0.948), "smids": (0.902, 0.913)}
 
 

@@ -88,9 +88,10 @@ def main(argv=None) -> int:
             prepared_cache[key] = clf.prepare_crops(dataset(name)[1]).images
         return prepared_cache[key]
 
+    models = {case[0]: Classifier.load(case[0], device="cpu") for case in CASES}
     rows, results = [], []
     for model_name, read, _, normal_folder, left_out in CASES:
-        clf = Classifier.load(model_name, device="cpu")
+        clf = models[model_name]
         ds = dataset(read)[0]
         keep = np.array([f.parent.name not in left_out for f in ds.files])
         images = prepared(clf, read)[keep]
@@ -109,6 +110,7 @@ def main(argv=None) -> int:
             rows.append([f"`{model_name}`", read, variant, res["n"], f"{100 * res['sensitivity']:.1f}",
                          f"{100 * res['specificity']:.1f}", f"{100 * res['balanced_accuracy']:.1f}",
                          ", ".join(f"{k} {v}" for k, v in res["predicted"].items())])
+        clf.match_colours = False
     md = ("### Across datasets: normal vs the rest, each model on the other dataset's crops\n\n"
           + md_table(["model", "reads", "crops", "n", "normal called normal %", "abnormal not called normal %",
                       "balanced accuracy %", "calls"], rows)
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
     fields = fields[:: max(1, len(fields) // args.fields)][: args.fields]
     stain_rows, stain = [], []
     for model_name, read, trained, _, _ in CASES:
-        clf = Classifier.load(model_name, device="cpu")
+        clf = models[model_name]
         for name in (trained, read):
             crops = prepared(clf, name)
             what = f"{name} ({'its training set' if name == trained else 'other lab'})"
