@@ -50,8 +50,9 @@ def sample_summary(table: pd.DataFrame, class_names: list[str], normal_class: st
         out.update(percent_normal=100.0 * k / n if n else float("nan"), ci95_low=100.0 * lo, ci95_high=100.0 * hi)
     if uncertain_col in table:
         out["uncertain_labels"] = [int(v) for v in table.loc[table[uncertain_col].astype(bool), "label"]]
-    warnings = [f"Only {n} heads assessed; WHO recommends at least {WHO_MIN_HEADS} per sample."] if n < WHO_MIN_HEADS \
-        else []
+    warnings = []
+    if n < WHO_MIN_HEADS:
+        warnings.append(f"Only {n} heads assessed; WHO recommends at least {WHO_MIN_HEADS} per sample.")
     if "stain_delta_e" in table and n:
         # per head, its image's value: the mean weights each image by its heads
         out["stain_delta_e"] = float(table["stain_delta_e"].astype(float).mean())
