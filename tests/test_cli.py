@@ -59,7 +59,31 @@ def test_evaluate_writes_json(tiny_model, tmp_path, capsys):
     m = json.loads(out.read_text())
     assert m["n"] == 12 and 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1
     assert np.sum(m["confusion_matrix"]) == 12 and m["class_names"] == CLASSES
+    assert "stain_delta_e" not in m  # the tiny model records no training colours: nothing to compare with
     assert m["model"]["sha256"] and "accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_reports_the_stain_distance(tmp_path, capsys):
+    """A model that records its training colours says how far the evaluated crops are from them."""
+    import torch
+
+    from napari_spermmorph.core.checkpoints import save_checkpoint
+    from napari_spermmorph.core.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="simplecnn", cbam=False, input_size=64, num_classes=len(CLASSES))
+    pink = {"lab_mean": [74.0, 33.6, -2.0], "lab_std": [10.3, 3.8, 4.7]}
+    model = save_checkpoint(tmp_path / "pink.safetensors", build_model(spec, pretrained=False), {
+        "class_names": CLASSES, "spec": spec.to_dict(), "head_fraction": 0.5, "name": "pink", "colour_reference": pink})
+    data = class_folders(tmp_path / "ds")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(model), str(data), "--json", str(out), "--tta", "1"]) == 0
+    m = json.loads(out.read_text())
+    assert m["stain_delta_e"] > 10 and "Delta E" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(model), str(data), "--json", str(out), "--tta", "1",
+                 "--match-colours"]) == 0
+    matched = json.loads(out.read_text())
+    assert matched["match_colours"] is True and matched["stain_delta_e"] == pytest.approx(m["stain_delta_e"])
 
 
 def test_evaluate_mismatched_classes_is_a_clear_error(tiny_model, tmp_path, capsys):

@@ -7,7 +7,15 @@ import pytest
 import torch
 from skimage.color import rgb2lab
 
-from napari_spermmorph.core.colour import ColourReference, colour_reference, match_colour, stain_distance, stain_warning
+from napari_spermmorph.core.colour import (
+    ColourReference,
+    colour_distance,
+    colour_reference,
+    match_colour,
+    pooled_reference,
+    stain_distance,
+    stain_warning,
+)
 from napari_spermmorph.core.defaults import STAIN_DELTA_E_LIMIT
 from napari_spermmorph.core.pipeline import add_class_columns
 
@@ -68,6 +76,11 @@ def test_stain_distance_and_warning():
     assert stain_warning(near, STAIN_DELTA_E_LIMIT) == ""
     assert "differ from the model's training images" in stain_warning(far, STAIN_DELTA_E_LIMIT)
     assert ColourReference.from_dict(reference.to_dict()) == reference
+    # a set read in chunks pools to the reference of the whole set
+    pooled = pooled_reference([(colour_reference(pinks[:2]), 2), (colour_reference(pinks[2:]), 4)])
+    np.testing.assert_allclose(pooled.mean, colour_reference(pinks).mean, rtol=1e-6)
+    np.testing.assert_allclose(pooled.std, colour_reference(pinks).std, rtol=1e-6)
+    assert colour_distance(colour_reference(blues), reference) == pytest.approx(far)
 
 
 def test_classifier_flags_another_stain_through_checkpoint_and_summary(tmp_path):

@@ -100,22 +100,35 @@ def _load_dataset(root: str, class_names: list[str] | None = None):
 
 
 def evaluate_dataset(clf, ds, tta: int = 1, batch: int = 256) -> dict:
-    """Metrics of a classifier on a class-folder dataset (images read in chunks to bound memory)."""
+    """Metrics of a classifier on a class-folder dataset (images read in chunks to bound memory), with the crops'
+    colour distance from the model's training crops (``stain_delta_e``) when the model records its colours."""
     import numpy as np
 
+    from .core.colour import colour_distance, colour_reference, pooled_reference
     from .core.datasets import read_image
     from .core.evaluation import classification_metrics
 
-    preds = []
+    preds, colours = [], []
     for i in range(0, len(ds), batch):
-        imgs = [read_image(f) for f in ds.files[i : i + batch]]
-        preds.append(clf.predict_crops(imgs, tta=tta).argmax(1))
+        x = clf.prepare_crops([read_image(f) for f in ds.files[i : i + batch]]).images
+        preds.append(clf.predict_proba(x, tta=tta).argmax(1))
+        colours.append((colour_reference(x), len(x)))
     y_pred = np.concatenate(preds)
-    return classification_metrics(ds.labels, y_pred, ds.class_names)
+    m = classification_metrics(ds.labels, y_pred, ds.class_names)
+    if clf.colour_reference is not None and colours:  # how far these crops' colours are from the model's
+        m["stain_delta_e"] = colour_distance(pooled_reference(colours), clf.colour_reference)
+    return m
 
 
 def _print_metrics(m: dict) -> None:
     print(f"n = {m['n']}, accuracy {100 * m['accuracy']:.1f}%, macro-F1 {m['macro_f1']:.3f}")
+    if "stain_delta_e" in m:
+        from .core.colour import stain_warning
+        from .core.defaults import STAIN_DELTA_E_LIMIT
+
+        print(f"colour distance from the model's training crops: Delta E {m['stain_delta_e']:.1f} "
+              f"(warning above {STAIN_DELTA_E_LIMIT:g}) {stain_warning(m['stain_delta_e'], STAIN_DELTA_E_LIMIT)}"
+              .rstrip())
     names = m["class_names"]
     w = max(len(n) for n in names) + 2
     print(f"{'class':<{w}}precision  recall  f1     support")

@@ -61,8 +61,23 @@ def stain_distance(images: Iterable[np.ndarray], reference: ColourReference) -> 
     A median 1.2-1.3 (at most 7.6) for batches of ten crops from a shipped model's own training set, 13-32 for
     other labs' (the cross-dataset benchmark); ``defaults.STAIN_DELTA_E_LIMIT`` is where a warning starts.
     """
-    mean = np.asarray(colour_reference(images).mean)
-    return float(np.linalg.norm(mean - np.asarray(reference.mean)))
+    return colour_distance(colour_reference(images), reference)
+
+
+def colour_distance(a: ColourReference, b: ColourReference) -> float:
+    """CIE76 Delta E between two references' average colours."""
+    return float(np.linalg.norm(np.asarray(a.mean) - np.asarray(b.mean)))
+
+
+def pooled_reference(parts: Iterable[tuple[ColourReference, int]]) -> ColourReference:
+    """The reference of several sets of crops from each set's reference and size: for data read in chunks."""
+    parts = list(parts)
+    w = np.asarray([n for _, n in parts], dtype=float)
+    if not w.sum():
+        raise ValueError("pooled_reference needs at least one image")
+    mean = (np.asarray([r.mean for r, _ in parts]) * w[:, None]).sum(0) / w.sum()
+    std = (np.asarray([r.std for r, _ in parts]) * w[:, None]).sum(0) / w.sum()
+    return ColourReference(tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
 def stain_warning(delta_e: float, limit: float) -> str:
