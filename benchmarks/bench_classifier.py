@@ -205,13 +205,13 @@ def train_kwargs(model_key: str, ds_name: str, seed: int = 0) -> dict:
     return {"seed": seed, **dataset_config(ds_name), **TRAIN_OVERRIDES.get(model_key, {}).get(ds_name, {})}
 
 
-def start_model(model_key: str, class_names, size: int):
+def start_model(model_key: str, class_names, size: int, seed: int = 0):
     """The network a row starts from when it is not ImageNet (a shipped model with a new head), else None."""
     if model_key not in START:
         return None
     from napari_spermmorph.core.finetune import load_start_model
 
-    model = load_start_model(START[model_key], class_names, size, member=START_MEMBER.get(model_key, 0))[0]
+    model = load_start_model(START[model_key], class_names, size, member=START_MEMBER.get(model_key, 0), seed=seed)[0]
     if model.spec.input_size != size:
         raise SystemExit(f"{model_key}: the start model takes {model.spec.input_size} px, not {size}")
     want = MODELS[model_key].get("backbone", "tf_efficientnet_lite0")
@@ -259,7 +259,7 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
         cfg.phase2_epochs, cfg.patience = scratch_epochs(ds_name)
     tr = np.flatnonzero(folds != fold)
     te = np.flatnonzero(folds == fold)
-    model = start_model(model_key, class_names, size)
+    model = start_model(model_key, class_names, size, cfg.seed)
     t0 = time.perf_counter()
     res = train_classifier(x[tr], y[tr], cfg, model=model)
     train_s = time.perf_counter() - t0

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         res = load_member(cached, cfg, ds.class_names, len(ds), starts[-1])
         if res is None:
             print(f"member {index}: {key}, seed {cfg.seed}", flush=True)
-            res = train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size),
+            res = train_classifier(images, ds.labels, cfg, model=start_model(key, ds.class_names, args.size, cfg.seed),
                                    on_update=show)
             save_checkpoint(cached, res.model, checkpoint_meta(  # loadable as a model too: same crop geometry
                 res, ds.class_names, cfg, n_images=len(ds), train_seconds=res.seconds, start_model=starts[-1],

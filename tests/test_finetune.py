@@ -87,6 +87,29 @@ def test_checkpoint_start_new_classes_keep_known_rows(tmp_path):
     assert adapt_head(fresh, ["x", "y"], ["z", "w", "v"]) == [] and fresh.head[-1].out_features == 3
 
 
+def test_new_layers_come_from_the_seed_not_from_earlier_draws(tmp_path):
+    """A new head (and ImageNet's new CBAM) must not depend on what the process drew before: seeded fine-tunes
+    repeat exactly, whatever ran earlier (a benchmark's earlier folds did change them)."""
+    start = tmp_path / "start.safetensors"
+    _start_checkpoint(start, ["normal", "tapered"])
+    new = ["normal", "pyriform", "amorphous"]
+    torch.manual_seed(1)
+    a = load_start_model(start, new)[0].state_dict()
+    torch.rand(1000)  # other work in between
+    b = load_start_model(start, new)[0].state_dict()
+    c = load_start_model(start, new, seed=5)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    head = next(k for k in a if k.startswith("head.") and k.endswith("weight"))
+    assert torch.equal(a[head][0], c[head][0]) and not torch.equal(a[head][1:], c[head][1:])  # kept row, new rows
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    load_start_model(start, new)
+    assert torch.equal(torch.rand(3), expected)  # and the caller's random stream is left as it was
+    imagenet = [load_start_model(IMAGENET, new, 64, pretrained=False)[0].state_dict() for _ in range(2)]
+    assert all(torch.equal(imagenet[0][k], imagenet[1][k]) for k in imagenet[0])
+
+
 def test_checkpoint_start_fine_tunes(tset, tmp_path):
     start = tmp_path / "start.safetensors"
     _start_checkpoint(start, ["normal", "tapered", "pyriform", "amorphous"])

@@ -79,11 +79,21 @@ def start_info(source: str | Path, input_size: int = 128,
 
 
 def load_start_model(source: str | Path, class_names: Sequence[str], input_size: int = 128,
-                     pretrained: bool = True, member: int = 0):
+                     pretrained: bool = True, member: int = 0, seed: int = 0):
     """(model, StartInfo, names of classes whose head rows were kept) with a head for ``class_names``.
 
     An ensemble checkpoint starts from one member (``member``, the first by default): fine-tuning trains one network.
+    New layers (a new head, ImageNet's CBAM) are initialised from ``seed``, not from whatever the process drew
+    before, so a seeded fine-tune repeats exactly.
     """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _load_start_model(source, class_names, input_size, pretrained, member)
+
+
+def _load_start_model(source, class_names, input_size, pretrained, member):
     from .models import ModelSpec, SeedEnsemble, build_model, default_normalisation
 
     names = list(class_names)
@@ -218,7 +228,8 @@ def iter_finetune(
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     baseline = device_memory_allocated(device)
-    model, info, kept = load_start_model(source, training_set.class_names, training_set.crop_size, pretrained)
+    model, info, kept = load_start_model(source, training_set.class_names, training_set.crop_size, pretrained,
+                                         seed=config.seed)
     out = output_path(out_folder, name, 2 * checkpoint_bytes(model))
     tr_x, tr_y, va_x, va_y = training_set.split()
     final = None
