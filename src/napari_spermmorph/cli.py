@@ -21,6 +21,10 @@ from .core.defaults import DEFAULT_TTA
 DEMO_OUT = "spermmorph-demo-output"
 
 
+TTA_HELP = (f"test-time augmentation views, 1-8 (default {DEFAULT_TTA}: flips keeping the head's axis; views 5-8 turn "
+            "heads by 90 degrees, which models trained on aligned crops, the shipped ones included, never saw)")
+
+
 class UserError(Exception):
     """An error the user can fix; printed without a traceback."""
 
@@ -401,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="shipped model name or checkpoint path")
     p.add_argument("--json", metavar="OUT", help="write the metrics to this JSON file")
     p.add_argument("--tta", type=int, default=DEFAULT_TTA,
-                   help=f"test-time augmentation views, 1-8 (default {DEFAULT_TTA}: flips keeping the head's axis)")
+                   help=TTA_HELP)
     p.add_argument("--match-colours", action="store_true",
                    help="colour-match each crop to the model's training colours first: does it help on your stain?")
     p.add_argument("--device", default="auto")
@@ -436,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dask scheduler: local threads (default), processes, sync, or a distributed address")
     p.add_argument("--workers", type=int, help="local dask workers (default: number of cores)")
     p.add_argument("--tta", type=int, default=DEFAULT_TTA,
-                   help=f"test-time augmentation views, 1-8 (default {DEFAULT_TTA}: flips keeping the head's axis)")
+                   help=TTA_HELP)
     p.add_argument("--min-confidence", type=float, default=0.6, help="heads below it are flagged uncertain")
     p.add_argument("--match-colours", action="store_true",
                    help="move each head's colours onto the model's training colours before classifying (another "
