@@ -404,8 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="folder with one sub-folder per class (named as the model's classes)")
     p.add_argument("--model", required=True, help="shipped model name or checkpoint path")
     p.add_argument("--json", metavar="OUT", help="write the metrics to this JSON file")
-    p.add_argument("--tta", type=int, default=DEFAULT_TTA,
-                   help=TTA_HELP)
+    p.add_argument("--tta", type=int, default=DEFAULT_TTA, help=TTA_HELP)
     p.add_argument("--match-colours", action="store_true",
                    help="colour-match each crop to the model's training colours first: does it help on your stain?")
     p.add_argument("--device", default="auto")
@@ -439,8 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="threads", metavar="ADDRESS|threads|processes|sync",
                    help="dask scheduler: local threads (default), processes, sync, or a distributed address")
     p.add_argument("--workers", type=int, help="local dask workers (default: number of cores)")
-    p.add_argument("--tta", type=int, default=DEFAULT_TTA,
-                   help=TTA_HELP)
+    p.add_argument("--tta", type=int, default=DEFAULT_TTA, help=TTA_HELP)
     p.add_argument("--min-confidence", type=float, default=0.6, help="heads below it are flagged uncertain")
     p.add_argument("--match-colours", action="store_true",
                    help="move each head's colours onto the model's training colours before classifying (another "

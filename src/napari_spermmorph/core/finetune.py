@@ -93,7 +93,9 @@ def load_start_model(source: str | Path, class_names: Sequence[str], input_size:
         return _load_start_model(source, class_names, input_size, pretrained, member)
 
 
-def _load_start_model(source, class_names, input_size, pretrained, member):
+def _load_start_model(source: str | Path, class_names: Sequence[str], input_size: int, pretrained: bool,
+                      member: int):
+    """``load_start_model`` without the seeding."""
     from .models import ModelSpec, SeedEnsemble, build_model, default_normalisation
 
     names = list(class_names)
