@@ -112,15 +112,17 @@ def evaluate_dataset(clf, ds, tta: int = 1, batch: int = 256) -> dict:
     from .core.datasets import read_image
     from .core.evaluation import classification_metrics
 
+    reference = clf.colour_reference  # None: the model records no colours, so none are measured here
     preds, colours = [], []
     for i in range(0, len(ds), batch):
         x = clf.prepare_crops([read_image(f) for f in ds.files[i : i + batch]]).images
         preds.append(clf.predict_proba(x, tta=tta).argmax(1))
-        colours.append((colour_reference(x), len(x)))
+        if reference is not None:
+            colours.append((colour_reference(x), len(x)))
     y_pred = np.concatenate(preds)
     m = classification_metrics(ds.labels, y_pred, ds.class_names)
-    if clf.colour_reference is not None and colours:  # how far these crops' colours are from the model's
-        m["stain_delta_e"] = colour_distance(pooled_reference(colours), clf.colour_reference)
+    if colours:  # how far these crops' colours are from the model's
+        m["stain_delta_e"] = colour_distance(pooled_reference(colours), reference)
     return m
 
 
