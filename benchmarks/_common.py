@@ -46,7 +46,7 @@ def _cpu_model() -> str:
 
 
 def machine_description() -> str:
-    """One line: CPU model, usable cores, Python, numpy and torch versions (torch only if importable)."""
+    """One line: CPU model, usable cores, Python, numpy and torch versions (torch if importable), the GPU if any."""
     import numpy as np
 
     try:
@@ -59,6 +59,8 @@ def machine_description() -> str:
         import torch
 
         parts.append(f"torch={torch.__version__}")
+        if torch.cuda.is_available():
+            parts.append(f"gpu={torch.cuda.get_device_name(0)}")
     except Exception:  # noqa: BLE001 - torch is optional for CPU-only benchmarks
         parts.append("torch=not installed")
     threads = os.environ.get("OMP_NUM_THREADS")

@@ -44,6 +44,8 @@ MODELS = {
     "lite1_cbam_smidsnh_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "lite1_cbam_smidsnh1_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
     "effnet_cbam_smidsnh2_noval": dict(arch="efficientnet", cbam=True),
+    "effnet_cbam_smids224_noval": dict(arch="efficientnet", cbam=True),
+    "lite1_cbam_smids224_noval": dict(arch="efficientnet", cbam=True, backbone="tf_efficientnet_lite1"),
 }
 # Recipe variants measured on the same folds (same model): candidates for the shipped recipe. Per dataset, on top
 # of dataset_config(); a variant without an entry for a dataset runs the base recipe there.
@@ -68,6 +70,8 @@ TRAIN_OVERRIDES = {
     "lite1_cbam_smidsnh_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
     "lite1_cbam_smidsnh1_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
     "effnet_cbam_smidsnh2_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
+    "effnet_cbam_smids224_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
+    "lite1_cbam_smids224_noval": {"hushem": {**_LONG, "val_fraction": 0.0}},
 }
 # Start models other than ImageNet: a shipped model trained on another dataset (no images of this one), new head.
 # Both are SMIDS models shipped earlier, kept here so the rows (and hushem-4class's members) rerun from the same
@@ -85,6 +89,11 @@ SMIDS_NOHOLD = str(_START_DIR / "smids-3class-nohold.safetensors")
 START["lite1_cbam_smidsnh_noval"] = SMIDS_NOHOLD
 # ... and its other two members (Lite1 seed 1, Lite0): each HuSHeM network from one smids-3class member.
 START["lite1_cbam_smidsnh1_noval"] = START["effnet_cbam_smidsnh2_noval"] = SMIDS_NOHOLD
+# At 224 px the rows started from those 128 px SMIDS models lost what they had at 128 px while ImageNet starts gained:
+# starts trained at 224 px, the smids-3class recipe's Lite1 seed 0 and Lite0 members trained on all SMIDS crops at 224
+# px on a GPU (train_shipped.py --dataset smids --size 224 --members-only), stored fp16.
+START["lite1_cbam_smids224_noval"] = str(_START_DIR / "smids-3class-224-lite1.safetensors")
+START["effnet_cbam_smids224_noval"] = str(_START_DIR / "smids-3class-224-lite0.safetensors")
 # The member of an ensemble start a row trains from (default: the first).
 START_MEMBER = {"lite1_cbam_smidsnh1_noval": 1, "effnet_cbam_smidsnh2_noval": 2}
 LABELS = {
@@ -113,6 +122,10 @@ LABELS = {
         "EfficientNet-Lite1 + CBAM from smids-3class's 2nd member (Lite1 seed 1), phase 2 x2, no validation hold-out",
     "effnet_cbam_smidsnh2_noval":
         "EfficientNet-Lite0 + CBAM from smids-3class's 3rd member (Lite0), phase 2 x2, no validation hold-out",
+    "effnet_cbam_smids224_noval":
+        "EfficientNet-Lite0 + CBAM from a 224 px SMIDS Lite0, phase 2 x2, no validation hold-out",
+    "lite1_cbam_smids224_noval":
+        "EfficientNet-Lite1 + CBAM from a 224 px SMIDS Lite1, phase 2 x2, no validation hold-out",
 }
 # Seed ensembles: these variants rerun with seeds 1 and 2 (rows "<key>_s1", "<key>_s2"), and the three models'
 # softmax outputs averaged per test image (row "<key>_ens3"; only folds where every member stored them).
@@ -171,6 +184,10 @@ for _s in (0, 1):
 ENSEMBLES["noval_mixed_nh_l0nh_s0"] = ("effnet_cbam_smidsnh2_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval")
 LABELS["noval_mixed_nh_l0nh_s0"] = ("no validation hold-out, one member per start (Lite0 from smids-3class's Lite0, "
                                     "Lite1, Lite1 from the no-hold-out SMIDS model), seed 0 each")
+# The shipped mix's recipe with both SMIDS starts trained at 224 px (for the 224 px table).
+ENSEMBLES["noval_mixed_224s_s0"] = ("effnet_cbam_smids224_noval", "lite1_cbam_noval", "lite1_cbam_smids224_noval")
+LABELS["noval_mixed_224s_s0"] = ("no validation hold-out, one member per start (Lite0 from a 224 px SMIDS Lite0, "
+                                 "Lite1, Lite1 from a 224 px SMIDS Lite1), seed 0 each")
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"
@@ -212,8 +229,10 @@ def start_model(model_key: str, class_names, size: int, seed: int = 0):
     from napari_spermmorph.core.finetune import load_start_model
 
     model = load_start_model(START[model_key], class_names, size, member=START_MEMBER.get(model_key, 0), seed=seed)[0]
-    if model.spec.input_size != size:
-        raise SystemExit(f"{model_key}: the start model takes {model.spec.input_size} px, not {size}")
+    if model.spec.input_size != size:  # convolutions and global pooling take any size: fine-tune at this one
+        print(f"{model_key}: the start model was trained at {model.spec.input_size} px, fine-tuned here at {size} px",
+              flush=True)
+        model.spec.input_size = size
     want = MODELS[model_key].get("backbone", "tf_efficientnet_lite0")
     if model.spec.backbone != want:
         raise SystemExit(f"{model_key}: the start model {START[model_key]} is a {model.spec.backbone}, not {want}")
@@ -245,16 +264,15 @@ def load_dataset(root: Path, name: str):
     return ds, folds
 
 
-def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, size: int, seed: int) -> dict:
-    import torch
-
+def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, size: int, seed: int,
+             device: str = "auto") -> dict:
     from napari_spermmorph.core.evaluation import classification_metrics
-    from napari_spermmorph.core.inference import predict_logits
+    from napari_spermmorph.core.inference import predict_logits, resolve_device
     from napari_spermmorph.core.models import ModelSpec
     from napari_spermmorph.core.training import TrainConfig, train_classifier
 
     spec = ModelSpec(num_classes=len(class_names), input_size=size, **MODELS[model_key])
-    cfg = TrainConfig(spec=spec, **train_kwargs(model_key, ds_name, seed))
+    cfg = TrainConfig(spec=spec, **train_kwargs(model_key, ds_name, seed), device=device)
     if model_key == "simplecnn":
         cfg.phase2_epochs, cfg.patience = scratch_epochs(ds_name)
     tr = np.flatnonzero(folds != fold)
@@ -263,17 +281,38 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
     t0 = time.perf_counter()
     res = train_classifier(x[tr], y[tr], cfg, model=model)
     train_s = time.perf_counter() - t0
+    dev = resolve_device(device)
     out = {"fold": fold, "model": model_key, "n_train": len(tr), "n_test": len(te), "train_seconds": train_s,
-           "best": res.best, "epochs_run": len(res.history), "labels": y[te].tolist()}
-    device = torch.device("cpu")
+           "best": res.best, "epochs_run": len(res.history), "labels": y[te].tolist(), "device": device_name(dev)}
     for tta in (1, 4):
         t1 = time.perf_counter()
-        probs = predict_logits(res.model, x[te], device, batch_size=64, tta=tta)
+        probs = predict_logits(res.model, x[te], dev, batch_size=64, tta=tta)
         m = classification_metrics(y[te], probs.argmax(1).numpy(), class_names)
         m["eval_seconds"] = time.perf_counter() - t1
         m["probs"] = np.round(probs.numpy(), 5).tolist()  # per test image, in fold order: for seed ensembles
         out["plain" if tta == 1 else "tta4"] = m
     return out
+
+
+def device_name(dev) -> str:
+    """"cpu", or "cuda (<GPU name>)": a table may mix rows trained on different machines."""
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else dev.type
+
+
+def device_note(trained_on: dict[str, list[str]], singles: list[str]) -> str:
+    """The table's line saying where its rows trained, when their folds recorded it (else the machine line says)."""
+    if not trained_on:
+        return ""
+    by_device: dict[str, list[str]] = {}
+    for label, devs in trained_on.items():
+        by_device.setdefault(", ".join(devs), []).append(label)
+    if len(by_device) == 1 and len(trained_on) == len(singles):
+        return f"Every row was trained and tested on {next(iter(by_device))}; the machine above aggregated the table.\n"
+    return ("Trained and tested on " + "; ".join(f"{d}: " + ", ".join(f'\"{x}\"' for x in labels)
+                                                 for d, labels in by_device.items())
+            + ". Other rows: the machine above.\n")
 
 
 def _in_order(metrics: dict, class_names) -> np.ndarray:
@@ -322,6 +361,8 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
               "simplecnn_epochs_patience": scratch_epochs(ds_name)}
     recipe.pop("spec")
     rows = []
+    singles: list[str] = []  # rows of one network (not averages of rows)
+    trained_on: dict[str, list[str]] = {}  # row label -> devices its folds recorded (older folds recorded none)
     payload = {"dataset": ds_name, "input_size": size, "machine": machine_description(), "recipe": recipe, "models": {}}
     for key in [*MODELS, *ENSEMBLES]:
         runs = (_ensemble_runs(cache, ENSEMBLES[key], class_names) if key in ENSEMBLES
@@ -342,8 +383,14 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
             }
             rows.append([label, f"{len(runs)}/5", f"{am * 100:.1f} ± {asd * 100:.1f}", f"{fm:.3f} ± {fsd:.3f}",
                          f"{np.mean([r['train_seconds'] for r in runs]) / 60:.1f}"])
+        if key not in ENSEMBLES:
+            singles.append(LABELS[key])
+            if devs := sorted({r["device"] for r in runs if "device" in r}):
+                trained_on[LABELS[key]] = devs
     checks = {k: v for k in ENSEMBLES if (v := validation_vs_test(cache, ENSEMBLES[k]))}
     payload["validation_vs_test"] = checks
+    payload["trained_on"] = trained_on
+    devices = device_note(trained_on, singles)
     notes = "".join(f"Validation split vs test fold, {c['runs']} runs of \"{LABELS[k]}\": chosen epoch's validation "
                     f"macro-F1 {c['val_macro_f1_mean']:.2f}, test accuracy {c['test_accuracy_mean']:.2f}, "
                     f"r = {c['pearson_r']:.2f}.\n" for k, c in checks.items())
@@ -355,6 +402,7 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
     md = (f"### {ds_name.upper()}, {size} px, head {head_fraction:g} of the crop, 5-fold CV (mean ± SD over folds)\n\n"
           + md_table(["model", "folds", "accuracy %", "macro-F1", "train min/fold"], rows)
           + f"\n\nClasses: {', '.join(class_names)}. Machine: {payload['machine']}.\n"
+          + devices
           + f"Recipe: phase 1 {recipe['phase1_epochs']} epochs (frozen, {recipe['cache_views']} cached views), phase 2 "
           + f"{recipe['phase2_epochs']} epochs, patience {recipe['patience']}, MixUp {recipe['mixup_alpha']}, label "
           + f"smoothing {recipe['label_smoothing']}; SimpleCNN {recipe['simplecnn_epochs_patience'][0]} epochs.\n"
@@ -374,6 +422,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--head-fraction", type=float, default=None,
                     help="head length / crop side (default: the package's); results go to their own cache and table")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda: training and evaluation")
     ap.add_argument("--aggregate-only", action="store_true")
     args = ap.parse_args(argv)
     root = data_dir(args.data)
@@ -401,7 +450,8 @@ def main(argv=None) -> int:
                 out_path = cache / f"{key}_fold{fold}.json"
                 if out_path.exists():
                     continue
-                res = run_fold(x, y, folds, fold, key, args.dataset, ds.class_names, args.size, args.seed)
+                res = run_fold(x, y, folds, fold, key, args.dataset, ds.class_names, args.size, args.seed,
+                               args.device)
                 tmp = out_path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(res, indent=1))
                 tmp.replace(out_path)
