@@ -126,3 +126,32 @@ def test_classifier_flags_another_stain_through_checkpoint_and_summary(tmp_path)
     assert s["stain_delta_e"] == pytest.approx(far) and "Delta E" in s["warning"] and "WHO" in s["warning"]
     table["stain_delta_e"] = 2.0
     assert "Delta E" not in sample_summary(table, clf.class_names)["warning"]
+
+
+def test_a_field_is_colour_matched_once_per_head_for_classes_and_both_maps(tmp_path, monkeypatch, field):
+    """Classification, Grad-CAM++ and CBAM attention read one converted input: each head is matched once."""
+    from napari_spermmorph.core import colour
+    from napari_spermmorph.core.checkpoints import save_checkpoint
+    from napari_spermmorph.core.inference import Classifier
+    from napari_spermmorph.core.models import ModelSpec, build_model
+    from napari_spermmorph.core.pipeline import classify_heads
+    from napari_spermmorph.core.training import TrainConfig, TrainingFinished, checkpoint_meta
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="simplecnn", cbam=True, num_classes=2, input_size=64)
+    model = build_model(spec, pretrained=False)
+    meta = checkpoint_meta(TrainingFinished(model, [], {}, False, 0.0), ["normal", "amorphous"],
+                           TrainConfig(spec=spec), [_crop(**PINK, seed=s)[0] for s in range(4)], head_fraction=0.5)
+    clf = Classifier.load(save_checkpoint(tmp_path / "pink.safetensors", model, meta), device="cpu")
+    clf.match_colours = True
+    calls = []
+
+    def counted(crop, reference):
+        calls.append(1)
+        return match_colour(crop, reference)
+
+    monkeypatch.setattr(colour, "match_colour", counted)
+    res = classify_heads(field.image, field.labels, clf, field.pixel_size_um, explain=True, attention=True)
+    n = len(res.table)
+    assert n > 0 and res.heatmap is not None and res.attention is not None
+    assert len(calls) == n

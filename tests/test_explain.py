@@ -112,3 +112,31 @@ def test_trained_model_looks_at_the_head():
     print(f"CAM energy near the head: trained {trained_in:.2f}, untrained {untrained_in:.2f}, area {area:.2f}")
     assert trained_in > 2.5 * area
     assert trained_in > untrained_in + 0.1
+
+
+def test_crop_stacks_are_prepared_and_converted_once():
+    """iter_classify_crops reports progress before each batch and classifies the crops in the model's geometry;
+    explain_crops reuses those prepared crops (whole or one batch of them); a tensor goes through to_tensor as is."""
+    from napari_spermmorph.core.explain import explain_crops
+    from napari_spermmorph.core.pipeline import classify_crops, iter_classify_crops
+
+    clf = _clf(ModelSpec(arch="simplecnn", input_size=64, num_classes=2))
+    crops = list(_shifted_heads(3, seed=2)[0])  # 6 crops
+    steps = iter_classify_crops(crops, clf, batch_size=4)
+    assert next(steps) == (0, 6) and next(steps) == (4, 6)
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    res = done.value.value
+    prepared = clf.prepare_crops(crops)
+    np.testing.assert_allclose(res.probs, clf.predict_proba(prepared.images), atol=1e-6)
+    assert res.table["label"].tolist() == [1, 2, 3, 4, 5, 6] and {"class", "p_normal", "uncertain"} <= set(res.table)
+    assert classify_crops(crops, clf).table.equals(res.table)
+    x = clf.to_tensor(prepared.images)
+    assert clf.to_tensor(x) is x
+    own = explain_crops(clf, crops)
+    reused = explain_crops(clf, crops, prepared=res.prepared)
+    batch = explain_crops(clf, crops[2:4], prepared=res.prepared[2:4])
+    for a, b in zip(reused + batch, own + own[2:4]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="2 prepared crops for 6"):
+        explain_crops(clf, crops, prepared=res.prepared[:2])

@@ -107,15 +107,9 @@ def classify(image: np.ndarray, labels: np.ndarray | None = None, model: Classif
 def classify_crops(crops: np.ndarray | Sequence[np.ndarray], model: Classifier | str | Path | None = None,
                    tta: int = DEFAULT_TTA, min_confidence: float = 0.6) -> pd.DataFrame:
     """One row per crop: class, confidence, p_<class> and the uncertain flag."""
-    import pandas as pd
+    from .core.pipeline import classify_crops as classify_prepared_crops
 
-    from .core.pipeline import add_class_columns
-
-    clf = _classifier(model)
-    x = clf.prepare_crops(crops).images
-    probs = clf.predict_proba(x, tta=tta)
-    return add_class_columns(pd.DataFrame({"label": np.arange(1, len(probs) + 1)}), probs, clf.class_names,
-                             min_confidence, stain_delta_e=clf.stain_distance(x))
+    return classify_prepared_crops(crops, _classifier(model), tta, min_confidence).table
 
 
 def explain(crops: np.ndarray | Sequence[np.ndarray], model: Classifier | str | Path | None = None,

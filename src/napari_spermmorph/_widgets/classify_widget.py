@@ -453,30 +453,32 @@ def _classify_crops(clf, crops, label_ids, opts, stop, batch_size: int = 32):
     import pandas as pd
 
     from ..core.explain import explain_crops
-    from ..core.pipeline import add_class_columns
+    from ..core.pipeline import iter_classify_crops
 
     n = len(crops)
     yield Progress(0, n, "Preparing crops (centre, align, scale)...")
-    prepared = clf.prepare_crops(list(crops)).images
-    probs = []
-    for i in range(0, n, batch_size):
+    ids = np.asarray(label_ids, dtype=int) if label_ids is not None and len(label_ids) == n else np.arange(1, n + 1)
+    steps = iter_classify_crops(list(crops), clf, opts["tta"], opts["min_confidence"],
+                                table=pd.DataFrame({"label": ids, "frame": np.arange(n)}), batch_size=batch_size)
+    while True:
+        try:
+            i, _ = next(steps)
+        except StopIteration as done:
+            res = done.value
+            break
         stop.check()
         yield Progress(i, n, f"Classifying crops {i + 1}-{min(i + batch_size, n)} of {n}...")
-        probs.append(clf.predict_proba(prepared[i : i + batch_size], tta=opts["tta"]))
-    probs = np.concatenate(probs) if probs else np.zeros((0, len(clf.class_names)))
-    ids = np.asarray(label_ids, dtype=int) if label_ids is not None and len(label_ids) == n else np.arange(1, n + 1)
-    table = add_class_columns(pd.DataFrame({"label": ids, "frame": np.arange(n)}), probs,
-                              clf.class_names, opts["min_confidence"], stain_delta_e=clf.stain_distance(prepared))
-    out: dict = {"table": table, "heatmap": None, "attention": None}
+    out: dict = {"table": res.table, "heatmap": None, "attention": None}
     if opts["explain"]:
         maps = []
         for i in range(0, n, batch_size):
             stop.check()
             yield Progress(i, n, f"Grad-CAM++ {i + 1}-{min(i + batch_size, n)} of {n}...")
-            maps += explain_crops(clf, list(crops[i : i + batch_size]), target=opts["target"])
+            maps += explain_crops(clf, list(crops[i : i + batch_size]), target=opts["target"],
+                                  prepared=res.prepared[i : i + batch_size])
         out["heatmap"] = np.stack(maps)
     if opts["attention"] and clf.spec.cbam:
         stop.check()
-        out["attention"] = np.stack(explain_crops(clf, list(crops), method="cbam"))
+        out["attention"] = np.stack(explain_crops(clf, list(crops), method="cbam", prepared=res.prepared))
     yield Progress(n, n, "Done.")
     return out

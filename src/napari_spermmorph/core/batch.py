@@ -463,7 +463,7 @@ def _process_field(job: Job, s: BatchSettings, clf: Classifier) -> Outcome:
 
 def _process_crops(job: Job, s: BatchSettings, clf: Classifier) -> Outcome:
     from .datasets import read_image
-    from .pipeline import add_class_columns
+    from .pipeline import classify_crops
 
     out_dir = Path(s.out_dir)
     images, names, errors = [], [], []
@@ -478,11 +478,10 @@ def _process_crops(job: Job, s: BatchSettings, clf: Classifier) -> Outcome:
             errors.append((str(f), _reason(exc)))
     if not images:
         return Outcome(job, "error", "no readable crops in the folder", file_errors=errors)
-    x = clf.prepare_crops(images).images  # (N, S, S, 3): the model's crop geometry (centred, aligned, scaled)
-    probs = clf.predict_proba(x, tta=s.tta)
     base = pd.DataFrame({"image": job.stem, "sample": job.sample, "label": np.arange(1, len(names) + 1),
                          "file": [str(f) for f in names]})
-    table = add_class_columns(base, probs, clf.class_names, s.min_confidence, stain_delta_e=clf.stain_distance(x))
+    res = classify_crops(images, clf, s.tta, s.min_confidence, table=base)
+    table, x = res.table, res.prepared.images  # x: (N, S, S, 3) in the model's crop geometry
     maps = None
     if s.heatmaps:
         from .explain import gradcam_pp

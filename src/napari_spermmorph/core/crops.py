@@ -71,6 +71,12 @@ class HeadCrops:
     def __len__(self) -> int:
         return int(self.label_ids.shape[0])
 
+    def __getitem__(self, part: slice) -> HeadCrops:
+        """A run of the crops (a slice), e.g. one batch, with their transforms."""
+        if not isinstance(part, slice):
+            raise TypeError("HeadCrops takes a slice, e.g. crops[0:32]")
+        return HeadCrops(self.images[part], self.label_ids[part], self.transforms[part])
+
 
 def _head_geometry(mask: np.ndarray, y0: int, x0: int) -> tuple[float, float, float, float]:
     """(cy, cx, length_px, angle_deg of the major axis, CCW as displayed) from second moments."""

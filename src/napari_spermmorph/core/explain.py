@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .crops import HeadCrops, paste_to_field
 from .inference import Classifier
 from .models import networks
 from .preprocess import normalise
@@ -65,6 +66,9 @@ def class_indices(classifier: Classifier, target: str | int | Sequence | None, n
 
 
 def _crop_shape(crops) -> tuple[int, int]:
+    """(H, W) of the crops: images (N, H, W[, C]), or the network's input (N, 3, S, S) from ``to_tensor``."""
+    if isinstance(crops, torch.Tensor):
+        return int(crops.shape[-2]), int(crops.shape[-1])
     first = crops[0]
     return int(first.shape[0]), int(first.shape[1])
 
@@ -173,19 +177,21 @@ def cbam_attention(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarr
 
 
 def explain_crops(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarray], target=None,
-                  method: str = "gradcam++", batch_size: int = 32) -> list[np.ndarray]:
+                  method: str = "gradcam++", batch_size: int = 32, prepared: HeadCrops | None = None
+                  ) -> list[np.ndarray]:
     """Maps for ready-made crops, each returned in its own crop's geometry (same height and width).
 
     The crops are brought to the model's training geometry (``Classifier.prepare_crops``: centred, aligned,
-    scaled), explained there, and each map is warped back onto its original crop.
+    scaled; pass ``prepared`` when that was done already), explained there, and each map is warped back onto its
+    original crop.
     """
-    from .crops import paste_to_field
-
     if method not in ("gradcam++", "cbam"):
         raise ValueError(f"unknown method {method!r}: use 'gradcam++' or 'cbam'")
     if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[-1] in (3, 4):
         crops = [crops]
-    prep = classifier.prepare_crops(crops)
+    prep = classifier.prepare_crops(crops) if prepared is None else prepared
+    if len(prep) != len(crops):
+        raise ValueError(f"{len(prep)} prepared crops for {len(crops)} crops")
     if method == "cbam":
         maps = cbam_attention(classifier, prep.images)
     else:

@@ -172,13 +172,14 @@ class Classifier:
             crops = [crops]
         return normalise_crops(crops, self.input_size, self.head_fraction, align=True, find_head=self.align_crops)[0]
 
-    def predict_crops(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 8,
-                      tta: int | bool = 1) -> np.ndarray:
-        """``predict_proba`` for ready-made crops: ``prepare_crops`` first."""
-        return self.predict_proba(self.prepare_crops(crops).images, batch_size, tta)
+    def to_tensor(self, crops: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The network's input for field-geometry crops: classification and every explanation go through here.
 
-    def to_tensor(self, crops: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """The network's input for field-geometry crops: classification and every explanation go through here."""
+        A tensor is taken as this method's own output and passed through, so a caller that classifies and explains
+        the same crops converts (and colour-matches) them once.
+        """
+        if isinstance(crops, torch.Tensor):
+            return crops
         if self.match_colours and len(crops):
             from .colour import match_colour
 
@@ -186,7 +187,7 @@ class Classifier:
             crops = [match_colour(c, ref) for c in crops]
         return crops_to_tensor(crops, self.input_size)
 
-    def predict_proba(self, crops: Sequence[np.ndarray] | np.ndarray, batch_size: int = 8,
+    def predict_proba(self, crops: Sequence[np.ndarray] | np.ndarray | torch.Tensor, batch_size: int = 8,
                       tta: int | bool = 1) -> np.ndarray:
         """(N, K) class probabilities of field-geometry crops. ``tta``: dihedral views averaged (True = 4).
 

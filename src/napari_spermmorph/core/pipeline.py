@@ -1,12 +1,12 @@
 """The one path from a field to per-head results: segment -> measure -> crop -> classify -> explain.
 
-Widgets, the CLI's ``analyze`` and the public API all call these two functions, so a head gets the same class
-wherever it is analysed.
+Widgets, the CLI's ``analyze`` and the public API all call these functions (``classify_heads`` for fields,
+``classify_crops`` for ready-made crops), so a head gets the same class wherever it is analysed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +73,8 @@ def classify_heads(
     order = {int(v): i for i, v in enumerate(crops.label_ids)}
     table = table[table["label"].isin(list(order))].reset_index(drop=True)
     idx = np.array([order[int(v)] for v in table["label"]], dtype=int)
-    probs = classifier.predict_proba(crops.images, batch_size=batch_size, tta=tta) if len(crops.images) else \
+    x = classifier.to_tensor(crops.images)  # once: classification and both maps read the same input
+    probs = classifier.predict_proba(x, batch_size=batch_size, tta=tta) if len(crops.images) else \
         np.zeros((0, len(classifier.class_names)))
     probs = probs[idx] if len(idx) else probs
     table = add_class_columns(table, probs, classifier.class_names, min_confidence,
@@ -84,13 +85,52 @@ def classify_heads(
 
         field_shape = labels.shape
         if explain:
-            maps = gradcam_pp(classifier, crops.images, target=target, batch_size=batch_size)
+            maps = gradcam_pp(classifier, x, target=target, batch_size=batch_size)
             result.crop_heatmaps = maps
             result.heatmap = paste_to_field(maps, crops.transforms, field_shape, labels=labels)
         if attention and classifier.spec.cbam:
-            att = cbam_attention(classifier, crops.images)
+            att = cbam_attention(classifier, x)
             result.attention = paste_to_field(att, crops.transforms, field_shape, labels=labels)
     return result
+
+
+@dataclass
+class CropsResult:
+    prepared: HeadCrops  # the crops in the model's geometry; its transforms map results back onto the originals
+    table: pd.DataFrame  # the given table (default: label 1..N) + class, confidence, p_<class>, uncertain, stain
+    probs: np.ndarray  # (N, K), in crop order
+
+
+def iter_classify_crops(crops: Sequence[np.ndarray] | np.ndarray, classifier: Classifier, tta: int = 1,
+                        min_confidence: float = 0.6, table: pd.DataFrame | None = None, batch_size: int = 32
+                        ) -> Generator[tuple[int, int], None, CropsResult]:
+    """Classify ready-made crops (one head each, any size): prepared once in the model's geometry (centred,
+    aligned, scaled), then read in batches. Yields (crops done, total) before each batch, so a caller can report
+    progress and stop between batches; returns the ``CropsResult``."""
+    prepared = classifier.prepare_crops(crops)
+    n = len(prepared)
+    x = classifier.to_tensor(prepared.images)
+    parts = []
+    for i in range(0, n, batch_size):
+        yield i, n
+        parts.append(classifier.predict_proba(x[i : i + batch_size], batch_size=batch_size, tta=tta))
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(classifier.class_names)))
+    base = pd.DataFrame({"label": np.arange(1, n + 1)}) if table is None else table
+    table = add_class_columns(base, probs, classifier.class_names, min_confidence,
+                              stain_delta_e=classifier.stain_distance(prepared.images))
+    return CropsResult(prepared, table, probs)
+
+
+def classify_crops(crops: Sequence[np.ndarray] | np.ndarray, classifier: Classifier, tta: int = 1,
+                   min_confidence: float = 0.6, table: pd.DataFrame | None = None, batch_size: int = 32
+                   ) -> CropsResult:
+    """``iter_classify_crops`` run to the end, for callers without progress to report."""
+    steps = iter_classify_crops(crops, classifier, tta, min_confidence, table, batch_size)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def analyze_field(image: np.ndarray, classifier: Classifier, pixel_size_um: float | None = None,
