@@ -210,6 +210,7 @@ def main(argv=None) -> int:
     g = np.asarray(gains) * 100
     payload["gain_points"] = {"mean": float(g.mean()), "min": float(g.min()), "max": float(g.max()),
                               "rows": len(g), "rows_gaining": int((g > 0).sum()), "rows_losing": int((g < 0).sum())}
+    size_arg = f" --size {args.size}" if args.size != 128 else ""
     md = (f"### Shape prior on {args.dataset.upper()}, {args.size} px crops: CNN rows with and without it "
           "(5-fold CV, nested fusion weight)\n\n"
           + md_table(["CNN row", "CNN accuracy %", "CNN macro-F1", "fused accuracy %", "fused macro-F1",
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
           + f"\n\nAccuracy gain over {len(g)} rows: mean {g.mean():+.1f} points (min {g.min():+.1f}, max "
           f"{g.max():+.1f}); {(g > 0).sum()} rows gain, {(g < 0).sum()} lose. {x.shape[1] - 1} descriptors per head. "
           f"Machine: {payload['machine']}.\n"
-          f"Command: `python benchmarks/bench_shape_prior.py --dataset {args.dataset}`\n")
+          f"Command: `python benchmarks/bench_shape_prior.py --dataset {args.dataset}{size_arg}`\n")
     write_results(f"shape_prior_{args.dataset}_{args.size}", payload, md)
     print(md)
     return 0
