@@ -128,13 +128,14 @@ def test_classifier_flags_another_stain_through_checkpoint_and_summary(tmp_path)
     assert "Delta E" not in sample_summary(table, clf.class_names)["warning"]
 
 
-def test_a_field_is_colour_matched_once_per_head_for_classes_and_both_maps(tmp_path, monkeypatch, field):
-    """Classification, Grad-CAM++ and CBAM attention read one converted input: each head is matched once."""
+def test_each_head_is_colour_matched_once_for_classes_and_both_maps(tmp_path, monkeypatch, field):
+    """Classification, Grad-CAM++ and CBAM attention read one converted input: each head of a field, and each
+    ready-made crop, is matched once."""
     from napari_spermmorph.core import colour
     from napari_spermmorph.core.checkpoints import save_checkpoint
     from napari_spermmorph.core.inference import Classifier
     from napari_spermmorph.core.models import ModelSpec, build_model
-    from napari_spermmorph.core.pipeline import classify_heads
+    from napari_spermmorph.core.pipeline import classify_crops, classify_heads
     from napari_spermmorph.core.training import TrainConfig, TrainingFinished, checkpoint_meta
 
     torch.manual_seed(0)
@@ -155,3 +156,8 @@ def test_a_field_is_colour_matched_once_per_head_for_classes_and_both_maps(tmp_p
     n = len(res.table)
     assert n > 0 and res.heatmap is not None and res.attention is not None
     assert len(calls) == n
+    calls.clear()
+    crops = [_crop(**PINK, seed=s)[0] for s in range(5)]
+    got = classify_crops(crops, clf, batch_size=2, maps=["gradcam++", "cbam"])
+    assert len(got.table) == 5 and {len(m) for m in got.maps.values()} == {5}
+    assert len(calls) == 5

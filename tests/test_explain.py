@@ -140,3 +140,27 @@ def test_crop_stacks_are_prepared_and_converted_once():
         np.testing.assert_allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match="2 prepared crops for 6"):
         explain_crops(clf, crops, prepared=res.prepared[:2])
+
+
+def test_crops_are_classified_and_explained_from_one_input_per_batch():
+    """iter_classify_crops with ``maps``: the same classes, and per map the same maps as explain_crops gives
+    (in the model's geometry; maps_onto_crops warps them back onto the crops), batch by batch."""
+    from napari_spermmorph.core.explain import explain_crops, maps_onto_crops
+    from napari_spermmorph.core.pipeline import classify_crops
+
+    clf = _clf(ModelSpec(arch="simplecnn", cbam=True, input_size=64, num_classes=2))
+    crops = list(_shifted_heads(3, seed=4)[0])  # 6 crops
+    plain = classify_crops(crops, clf)
+    res = classify_crops(crops, clf, batch_size=4, maps=["gradcam++", "cbam"], target="normal")
+    assert plain.maps == {} and set(res.maps) == {"gradcam++", "cbam"}
+    np.testing.assert_allclose(res.probs, plain.probs, atol=1e-6)
+    for method, kw in (("gradcam++", {"target": "normal"}), ("cbam", {})):
+        assert res.maps[method].shape == (6, 64, 64)
+        alone = explain_crops(clf, crops, method=method, **kw)
+        for a, b in zip(maps_onto_crops(res.maps[method], res.prepared, crops), alone):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown map"):
+        classify_crops(crops, clf, maps=["lime"])
+    with pytest.raises(ValueError, match="2 maps"):
+        maps_onto_crops(res.maps["cbam"][:2], res.prepared, crops)

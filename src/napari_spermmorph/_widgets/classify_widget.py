@@ -449,17 +449,21 @@ def _classify_fields(clf, image, labels, rgb, px, opts, stop):
 
 
 def _classify_crops(clf, crops, label_ids, opts, stop, batch_size: int = 32):
-    """A crop stack (N, H, W[, C]): probabilities, then optional maps aligned with the crops."""
+    """A crop stack (N, H, W[, C]): probabilities and the optional maps, batch by batch, maps aligned with the
+    crops."""
     import pandas as pd
 
-    from ..core.explain import explain_crops
+    from ..core.explain import maps_onto_crops
     from ..core.pipeline import iter_classify_crops
 
     n = len(crops)
     yield Progress(0, n, "Preparing crops (centre, align, scale)...")
     ids = np.asarray(label_ids, dtype=int) if label_ids is not None and len(label_ids) == n else np.arange(1, n + 1)
+    maps = (["gradcam++"] if opts["explain"] else []) + (["cbam"] if opts["attention"] and clf.spec.cbam else [])
+    doing = "Classifying" + (" and explaining" if maps else "")
     steps = iter_classify_crops(list(crops), clf, opts["tta"], opts["min_confidence"],
-                                table=pd.DataFrame({"label": ids, "frame": np.arange(n)}), batch_size=batch_size)
+                                table=pd.DataFrame({"label": ids, "frame": np.arange(n)}), batch_size=batch_size,
+                                maps=maps, target=opts["target"])
     while True:
         try:
             i, _ = next(steps)
@@ -467,18 +471,10 @@ def _classify_crops(clf, crops, label_ids, opts, stop, batch_size: int = 32):
             res = done.value
             break
         stop.check()
-        yield Progress(i, n, f"Classifying crops {i + 1}-{min(i + batch_size, n)} of {n}...")
+        yield Progress(i, n, f"{doing} crops {i + 1}-{min(i + batch_size, n)} of {n}...")
     out: dict = {"table": res.table, "heatmap": None, "attention": None}
-    if opts["explain"]:
-        maps = []
-        for i in range(0, n, batch_size):
-            stop.check()
-            yield Progress(i, n, f"Grad-CAM++ {i + 1}-{min(i + batch_size, n)} of {n}...")
-            maps += explain_crops(clf, list(crops[i : i + batch_size]), target=opts["target"],
-                                  prepared=res.prepared[i : i + batch_size])
-        out["heatmap"] = np.stack(maps)
-    if opts["attention"] and clf.spec.cbam:
-        stop.check()
-        out["attention"] = np.stack(explain_crops(clf, list(crops), method="cbam", prepared=res.prepared))
+    for method, key in (("gradcam++", "heatmap"), ("cbam", "attention")):
+        if method in res.maps:
+            out[key] = np.stack(maps_onto_crops(res.maps[method], res.prepared, list(crops)))
     yield Progress(n, n, "Done.")
     return out

@@ -480,13 +480,10 @@ def _process_crops(job: Job, s: BatchSettings, clf: Classifier) -> Outcome:
         return Outcome(job, "error", "no readable crops in the folder", file_errors=errors)
     base = pd.DataFrame({"image": job.stem, "sample": job.sample, "label": np.arange(1, len(names) + 1),
                          "file": [str(f) for f in names]})
-    res = classify_crops(images, clf, s.tta, s.min_confidence, table=base)
+    res = classify_crops(images, clf, s.tta, s.min_confidence, table=base, maps=["gradcam++"] if s.heatmaps else [])
     table, x = res.table, res.prepared.images  # x: (N, S, S, 3) in the model's crop geometry
-    maps = None
-    if s.heatmaps:
-        from .explain import gradcam_pp
-
-        maps = np.asarray(gradcam_pp(clf, x), dtype=np.float32)
+    maps = res.maps.get("gradcam++")  # (N, S, S) in the same geometry, from the same converted input
+    if maps is not None:
         _write_tif(out_dir / f"{job.stem}{CROPS_HEATMAP_TIF_SUFFIX}", maps, s.force)
         _write_png(out_dir / f"{job.stem}{CROPS_HEATMAP_PNG_SUFFIX}", _montage(x, maps, table), s.force)
     thumbs = _uncertain_thumbs(table, table["label"].to_numpy(), x, maps, clf, s, job.stem)

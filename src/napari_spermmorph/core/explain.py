@@ -176,6 +176,28 @@ def cbam_attention(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarr
     return np.concatenate(out)
 
 
+MAP_METHODS = ("gradcam++", "cbam")
+
+
+def crop_maps(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarray] | torch.Tensor,
+              method: str = "gradcam++", target=None, batch_size: int = 32) -> np.ndarray:
+    """One kind of map (``MAP_METHODS``) for crops already in the model's geometry, or for their network input
+    (``Classifier.to_tensor``), which is then read as it is: (N, S, S) float32 in [0, 1]."""
+    if method == "cbam":
+        return cbam_attention(classifier, crops)
+    if method == "gradcam++":
+        return gradcam_pp(classifier, crops, target=target, batch_size=batch_size)
+    raise ValueError(f"unknown method {method!r}: use one of {', '.join(map(repr, MAP_METHODS))}")
+
+
+def maps_onto_crops(maps: np.ndarray, prepared: HeadCrops, crops: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Maps made in the model's geometry (``prepared``), each warped back onto its original crop."""
+    if not (len(maps) == len(prepared) == len(crops)):
+        raise ValueError(f"{len(maps)} maps and {len(prepared)} prepared crops for {len(crops)} crops")
+    return [paste_to_field(maps[i : i + 1], [tf], np.asarray(c).shape[:2], dilate_px=0)
+            for i, (tf, c) in enumerate(zip(prepared.transforms, crops))]
+
+
 def explain_crops(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarray], target=None,
                   method: str = "gradcam++", batch_size: int = 32, prepared: HeadCrops | None = None
                   ) -> list[np.ndarray]:
@@ -183,18 +205,14 @@ def explain_crops(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarra
 
     The crops are brought to the model's training geometry (``Classifier.prepare_crops``: centred, aligned,
     scaled; pass ``prepared`` when that was done already), explained there, and each map is warped back onto its
-    original crop.
+    original crop. To classify and explain crops from one converted input, use ``pipeline.iter_classify_crops``
+    with ``maps``.
     """
-    if method not in ("gradcam++", "cbam"):
-        raise ValueError(f"unknown method {method!r}: use 'gradcam++' or 'cbam'")
+    if method not in MAP_METHODS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(map(repr, MAP_METHODS))}")
     if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[-1] in (3, 4):
         crops = [crops]
     prep = classifier.prepare_crops(crops) if prepared is None else prepared
     if len(prep) != len(crops):
         raise ValueError(f"{len(prep)} prepared crops for {len(crops)} crops")
-    if method == "cbam":
-        maps = cbam_attention(classifier, prep.images)
-    else:
-        maps = gradcam_pp(classifier, prep.images, target=target, batch_size=batch_size)
-    return [paste_to_field(maps[i : i + 1], [tf], np.asarray(c).shape[:2], dilate_px=0)
-            for i, (tf, c) in enumerate(zip(prep.transforms, crops))]
+    return maps_onto_crops(crop_maps(classifier, prep.images, method, target, batch_size), prep, crops)

@@ -7,7 +7,7 @@ Widgets, the CLI's ``analyze`` and the public API all call these functions (``cl
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -99,33 +99,45 @@ class CropsResult:
     prepared: HeadCrops  # the crops in the model's geometry; its transforms map results back onto the originals
     table: pd.DataFrame  # the given table (default: label 1..N) + class, confidence, p_<class>, uncertain, stain
     probs: np.ndarray  # (N, K), in crop order
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (N, S, S), in the prepared geometry
 
 
 def iter_classify_crops(crops: Sequence[np.ndarray] | np.ndarray, classifier: Classifier, tta: int = 1,
-                        min_confidence: float = 0.6, table: pd.DataFrame | None = None, batch_size: int = 32
+                        min_confidence: float = 0.6, table: pd.DataFrame | None = None, batch_size: int = 32,
+                        maps: Sequence[str] = (), target: str | int | None = None
                         ) -> Generator[tuple[int, int], None, CropsResult]:
-    """Classify ready-made crops (one head each, any size): prepared once in the model's geometry (centred,
-    aligned, scaled), then read in batches. Yields (crops done, total) before each batch, so a caller can report
-    progress and stop between batches; returns the ``CropsResult``."""
+    """Classify ready-made crops (one head each, any size), and make the ``maps`` asked for ("gradcam++",
+    "cbam"; ``explain.crop_maps``): prepared once in the model's geometry (centred, aligned, scaled), then read in
+    batches, each batch converted (and colour-matched) once for its classes and every map. Yields (crops done,
+    total) before each batch, so a caller can report progress and stop between batches; returns the
+    ``CropsResult`` (``explain.maps_onto_crops`` warps its maps back onto the original crops)."""
+    from .explain import MAP_METHODS, crop_maps
+
+    if unknown := [m for m in maps if m not in MAP_METHODS]:
+        raise ValueError(f"unknown map(s) {unknown}: use {', '.join(map(repr, MAP_METHODS))}")
     prepared = classifier.prepare_crops(crops)
-    n = len(prepared)
-    x = classifier.to_tensor(prepared.images)
-    parts = []
+    n, s = len(prepared), classifier.input_size
+    parts: list[np.ndarray] = []
+    made: dict[str, list[np.ndarray]] = {m: [] for m in maps}
     for i in range(0, n, batch_size):
         yield i, n
-        parts.append(classifier.predict_proba(x[i : i + batch_size], batch_size=batch_size, tta=tta))
+        x = classifier.to_tensor(prepared.images[i : i + batch_size])
+        parts.append(classifier.predict_proba(x, batch_size=batch_size, tta=tta))
+        for m in maps:
+            made[m].append(crop_maps(classifier, x, m, target, batch_size))
     probs = np.concatenate(parts) if parts else np.zeros((0, len(classifier.class_names)))
     base = pd.DataFrame({"label": np.arange(1, n + 1)}) if table is None else table
     table = add_class_columns(base, probs, classifier.class_names, min_confidence,
                               stain_delta_e=classifier.stain_distance(prepared.images))
-    return CropsResult(prepared, table, probs)
+    out_maps = {m: np.concatenate(v) if v else np.zeros((0, s, s), np.float32) for m, v in made.items()}
+    return CropsResult(prepared, table, probs, out_maps)
 
 
 def classify_crops(crops: Sequence[np.ndarray] | np.ndarray, classifier: Classifier, tta: int = 1,
-                   min_confidence: float = 0.6, table: pd.DataFrame | None = None, batch_size: int = 32
-                   ) -> CropsResult:
+                   min_confidence: float = 0.6, table: pd.DataFrame | None = None, batch_size: int = 32,
+                   maps: Sequence[str] = (), target: str | int | None = None) -> CropsResult:
     """``iter_classify_crops`` run to the end, for callers without progress to report."""
-    steps = iter_classify_crops(crops, classifier, tta, min_confidence, table, batch_size)
+    steps = iter_classify_crops(crops, classifier, tta, min_confidence, table, batch_size, maps, target)
     while True:
         try:
             next(steps)
