@@ -179,15 +179,20 @@ def cbam_attention(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarr
 MAP_METHODS = ("gradcam++", "cbam")
 
 
+def check_map_methods(methods: Sequence[str]) -> None:
+    """Refuse unknown map names before any work is done."""
+    if unknown := [m for m in methods if m not in MAP_METHODS]:
+        raise ValueError(f"unknown map method(s) {unknown}: use {', '.join(map(repr, MAP_METHODS))}")
+
+
 def crop_maps(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarray] | torch.Tensor,
               method: str = "gradcam++", target=None, batch_size: int = 32) -> np.ndarray:
     """One kind of map (``MAP_METHODS``) for crops already in the model's geometry, or for their network input
     (``Classifier.to_tensor``), which is then read as it is: (N, S, S) float32 in [0, 1]."""
+    check_map_methods([method])
     if method == "cbam":
         return cbam_attention(classifier, crops)
-    if method == "gradcam++":
-        return gradcam_pp(classifier, crops, target=target, batch_size=batch_size)
-    raise ValueError(f"unknown method {method!r}: use one of {', '.join(map(repr, MAP_METHODS))}")
+    return gradcam_pp(classifier, crops, target=target, batch_size=batch_size)
 
 
 def maps_onto_crops(maps: np.ndarray, prepared: HeadCrops, crops: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -208,8 +213,7 @@ def explain_crops(classifier: Classifier, crops: np.ndarray | Sequence[np.ndarra
     original crop. To classify and explain crops from one converted input, use ``pipeline.iter_classify_crops``
     with ``maps``.
     """
-    if method not in MAP_METHODS:
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(map(repr, MAP_METHODS))}")
+    check_map_methods([method])
     if isinstance(crops, np.ndarray) and crops.ndim == 3 and crops.shape[-1] in (3, 4):
         crops = [crops]
     prep = classifier.prepare_crops(crops) if prepared is None else prepared

@@ -111,10 +111,9 @@ def iter_classify_crops(crops: Sequence[np.ndarray] | np.ndarray, classifier: Cl
     batches, each batch converted (and colour-matched) once for its classes and every map. Yields (crops done,
     total) before each batch, so a caller can report progress and stop between batches; returns the
     ``CropsResult`` (``explain.maps_onto_crops`` warps its maps back onto the original crops)."""
-    from .explain import MAP_METHODS, crop_maps
+    from .explain import check_map_methods, crop_maps
 
-    if unknown := [m for m in maps if m not in MAP_METHODS]:
-        raise ValueError(f"unknown map(s) {unknown}: use {', '.join(map(repr, MAP_METHODS))}")
+    check_map_methods(maps)
     prepared = classifier.prepare_crops(crops)
     n, s = len(prepared), classifier.input_size
     parts: list[np.ndarray] = []
