@@ -119,3 +119,28 @@ def test_without_validation_every_epoch_runs_on_every_image_and_the_final_weight
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     probs = predict_logits(final.model, xt, torch.device("cpu"))
     assert classification_metrics(yt, probs.argmax(1).numpy(), list(CLASSES))["accuracy"] > 0.6
+
+
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs_with_fresh_batchnorm_statistics(data):
+    """swa_epochs 3 of 6: the weights are the mean of phase 2's last three end-of-epoch weights; BatchNorm
+    statistics come from one pass over the training images, not from any epoch."""
+    x, y, _, _ = data
+    spec = ModelSpec(num_classes=3, input_size=48)
+    net = build_model(spec, pretrained=False)
+    cfg = TrainConfig(spec=spec, pretrained=False, phase1_epochs=0, phase2_epochs=6, batch_size=16, seed=0,
+                      val_fraction=0.0, swa_epochs=3)
+    snapshots = []
+    for upd in iter_training(x, y, cfg, model=net):
+        if isinstance(upd, EpochDone):
+            snapshots.append({k: v.clone() for k, v in net.state_dict().items()})
+    assert len(snapshots) == 6
+    final = upd.model.state_dict()
+    params = dict(upd.model.named_parameters())
+    for k in params:
+        mean = torch.stack([s[k] for s in snapshots[3:]]).mean(0)
+        torch.testing.assert_close(final[k], mean, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(final[k], snapshots[-1][k]) or torch.equal(snapshots[3][k], snapshots[-1][k])
+    stats = [k for k in final if k.endswith("running_mean")]
+    assert stats and any(not torch.equal(final[k], snapshots[-1][k]) for k in stats)
+    with pytest.raises(ValueError, match="without validation"):
+        train_classifier(x, y, TrainConfig(spec=spec, pretrained=False, phase2_epochs=6, swa_epochs=3))

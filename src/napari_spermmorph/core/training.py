@@ -45,6 +45,10 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # 0 disables MixUp (phase 2 only)
     cache_views: int = 4  # augmented views cached for phase 1; 0 = run the frozen backbone every batch
     val_fraction: float = 0.15
+    # Stochastic weight averaging: phase 2's last ``swa_epochs`` run at ``swa_lr_scale`` x its learning rates (the
+    # cosine decay before them ends there) and their end-of-epoch weights are averaged. Needs no validation.
+    swa_epochs: int = 0
+    swa_lr_scale: float = 0.2
     seed: int = 0
     device: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -160,6 +164,10 @@ def iter_training(
     else:
         xv = _as_tensor(val_images, spec.input_size)
         yv = torch.as_tensor(np.asarray(val_labels), dtype=torch.long)
+    if config.swa_epochs > 0 and xv is not None:
+        raise ValueError("weight averaging (swa_epochs > 0) keeps no best epoch: train without validation")
+    if not 0 <= config.swa_epochs < max(config.phase2_epochs, 1):
+        raise ValueError(f"swa_epochs must be in [0, phase2_epochs), got {config.swa_epochs}")
     k = spec.num_classes
     if int(y.max()) >= k:
         raise ValueError(f"labels go up to {int(y.max())} but the model has {k} classes")
@@ -335,9 +343,14 @@ def _phase2(model, x, y, cfg: TrainConfig, device, gen, from_scratch: bool):
     use_amp = device.type == "cuda"
 
     def run(epochs: int):
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * nb, 1))
-        for _ in range(epochs):
-            def batches():
+        swa = min(cfg.swa_epochs, epochs - 1)
+        if swa:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_to((epochs - swa) * nb, cfg.swa_lr_scale))
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * nb, 1))
+        average = _WeightAverage(model) if swa else None
+        for epoch in range(epochs):
+            def batches(averaged: bool = average is not None and epoch >= epochs - swa):
                 model.train()
                 perm = torch.randperm(n, generator=gen)
                 for i in range(0, n, cfg.batch_size):
@@ -359,8 +372,60 @@ def _phase2(model, x, y, cfg: TrainConfig, device, gen, from_scratch: bool):
                     opt.step()
                     sched.step()
                     yield float(loss.detach()), int((logits.argmax(1) == yb).sum()), len(idx)
+                if averaged:
+                    average.add(model)
             yield _EpochIter(batches, nb)
+        if average is not None and average.count:
+            average.load_into(model)
+            _recompute_batchnorm(model, x, cfg.batch_size, device)
     return run
+
+
+def _cosine_to(steps: int, floor: float) -> Callable[[int], float]:
+    """Learning-rate factor: cosine from 1 down to ``floor`` over ``steps``, then ``floor``."""
+    def factor(step: int) -> float:
+        t = min(step / steps, 1.0)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return factor
+
+
+class _WeightAverage:
+    """Running mean of a model's floating-point weights (SWA); BatchNorm statistics are recomputed after."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.count = 0
+        self.mean = {k: torch.zeros_like(v) for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def add(self, model: torch.nn.Module) -> None:
+        self.count += 1
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if k in self.mean:
+                    self.mean[k] += (v.detach() - self.mean[k]) / self.count
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        model.load_state_dict({**model.state_dict(), **self.mean})
+
+
+def _recompute_batchnorm(model: torch.nn.Module, x: torch.Tensor, batch: int, device) -> None:
+    """Averaged weights need their own BatchNorm statistics: one pass over the (unaugmented) training images."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.train()
+    spec = model.spec
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = normalise(x[i : i + batch], spec.mean, spec.std).to(device)
+            if len(xb) > 1:
+                model(xb.contiguous(memory_format=torch.channels_last))
+    for m, mom in zip(norms, saved):
+        m.momentum = mom
+    model.eval()
 
 
 def checkpoint_meta(result: TrainingFinished, class_names: Sequence[str], config: TrainConfig,
