@@ -197,21 +197,30 @@ LABELS["noval_mixed_224s_s0"] = ("no validation hold-out, one member per start (
 # Stochastic weight averaging (TrainConfig.swa_epochs): the shipped mix's three members with phase 2's last 10 of 40
 # epochs at 0.2x the learning rates and their end-of-epoch weights averaged. The draws above differ by up to 4.5 points
 # between seeds; does averaging weights along the run make a member (and the mix) both better and steadier?
-_SWA = dict(swa_epochs=10, swa_lr_scale=0.2)
+def _hushem_variant(key: str, suffix: str, overrides: dict, label: str) -> str:
+    """Register row "<key>_<suffix>": row ``key`` (model, start, HuSHeM recipe) with ``overrides`` on its recipe."""
+    k = f"{key}_{suffix}"
+    MODELS[k] = MODELS[key]
+    TRAIN_OVERRIDES[k] = {"hushem": {**TRAIN_OVERRIDES[key]["hushem"], **overrides}}
+    LABELS[k] = f"{LABELS[key]}, {label}"
+    if key in START:
+        START[k] = START[key]
+    return k
+
+
 for _key in ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval"):
-    _k = f"{_key}_swa"
-    MODELS[_k] = MODELS[_key]
-    TRAIN_OVERRIDES[_k] = {"hushem": {**TRAIN_OVERRIDES[_key]["hushem"], **_SWA}}
-    LABELS[_k] = f"{LABELS[_key]}, SWA over the last 10 epochs"
-    if _key in START:
-        START[_k] = START[_key]
-    _seed_variant(_k, 1)
+    _seed_variant(_hushem_variant(_key, "swa", dict(swa_epochs=10, swa_lr_scale=0.2), "SWA over the last 10 epochs"),
+                  1)
 for _s in (0, 1):
     _sfx = "" if _s == 0 else f"_s{_s}"
     ENSEMBLES[f"noval_mixed_nh_swa_s{_s}"] = tuple(f"{k}_swa{_sfx}" for k in
                                                   ("effnet_cbam_smids_noval", "lite1_cbam_noval",
                                                    "lite1_cbam_smidsnh_noval"))
     LABELS[f"noval_mixed_nh_swa_s{_s}"] = f"{LABELS[f'noval_mixed_nh_s{_s}']}, SWA over the last 10 epochs"
+# Phase 2 with the backbone's BatchNorm statistics frozen (TrainConfig.phase2_frozen_batchnorm): HuSHeM's phase 2 runs
+# batches of 16 mixed-up crops, whose statistics are noisy; the SMIDS starts already hold sperm-image statistics.
+for _key in ("lite1_cbam_smidsnh_noval", "effnet_cbam_smids_noval", "lite1_cbam_noval"):
+    _seed_variant(_hushem_variant(_key, "fbn", dict(phase2_frozen_batchnorm=True), "BatchNorm statistics frozen"), 1)
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"

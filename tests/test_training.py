@@ -144,3 +144,22 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_with_fresh_batchnorm
     assert stats and any(not torch.equal(final[k], snapshots[-1][k]) for k in stats)
     with pytest.raises(ValueError, match="without validation"):
         train_classifier(x, y, TrainConfig(spec=spec, pretrained=False, phase2_epochs=6, swa_epochs=3))
+
+
+def test_phase2_can_keep_the_backbone_batchnorm_statistics(data):
+    """phase2_frozen_batchnorm: the backbone's running statistics stay those of the start model while its weights
+    (BatchNorm scale and shift included) train; without it they move."""
+    x, y, _, _ = data
+    spec = ModelSpec(num_classes=3, input_size=48)
+    for frozen in (True, False):
+        net = build_model(spec, pretrained=False)
+        before = {k: v.clone() for k, v in net.features.state_dict().items()}
+        cfg = TrainConfig(spec=spec, pretrained=False, phase1_epochs=0, phase2_epochs=1, batch_size=16,
+                          val_fraction=0.0, phase2_frozen_batchnorm=frozen)
+        train_classifier(x, y, cfg, model=net)
+        after = net.features.state_dict()
+        stats = [k for k in after if k.endswith(("running_mean", "running_var"))]
+        affine = [k for k in after if k.endswith("bn1.weight")]
+        assert stats and affine
+        assert all(torch.equal(before[k], after[k]) for k in stats) == frozen
+        assert any(not torch.equal(before[k], after[k]) for k in affine)

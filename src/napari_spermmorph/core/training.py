@@ -49,6 +49,9 @@ class TrainConfig:
     # cosine decay before them ends there) and their end-of-epoch weights are averaged. Needs no validation.
     swa_epochs: int = 0
     swa_lr_scale: float = 0.2
+    # Phase 2 with the backbone's BatchNorm statistics kept from the start model (eval mode; its scale and shift still
+    # train): batches of 16 mixed-up crops make noisy statistics.
+    phase2_frozen_batchnorm: bool = False
     seed: int = 0
     device: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -352,6 +355,9 @@ def _phase2(model, x, y, cfg: TrainConfig, device, gen, from_scratch: bool):
         for epoch in range(epochs):
             def batches(averaged: bool = average is not None and epoch >= epochs - swa):
                 model.train()
+                if cfg.phase2_frozen_batchnorm:
+                    for m in _batchnorms(model.features):
+                        m.eval()
                 perm = torch.randperm(n, generator=gen)
                 for i in range(0, n, cfg.batch_size):
                     idx = perm[i : i + cfg.batch_size]
@@ -407,9 +413,13 @@ class _WeightAverage:
         model.load_state_dict({**model.state_dict(), **self.mean})
 
 
+def _batchnorms(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 def _recompute_batchnorm(model: torch.nn.Module, x: torch.Tensor, batch: int, device) -> None:
     """Averaged weights need their own BatchNorm statistics: one pass over the (unaugmented) training images."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = _batchnorms(model)
     if not norms:
         return
     saved = [m.momentum for m in norms]
