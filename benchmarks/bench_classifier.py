@@ -211,16 +211,17 @@ def _hushem_variant(key: str, suffix: str, overrides: dict, label: str) -> str:
 for _key in ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval"):
     _seed_variant(_hushem_variant(_key, "swa", dict(swa_epochs=10, swa_lr_scale=0.2), "SWA over the last 10 epochs"),
                   1)
-for _s in (0, 1):
-    _sfx = "" if _s == 0 else f"_s{_s}"
-    ENSEMBLES[f"noval_mixed_nh_swa_s{_s}"] = tuple(f"{k}_swa{_sfx}" for k in
-                                                  ("effnet_cbam_smids_noval", "lite1_cbam_noval",
-                                                   "lite1_cbam_smidsnh_noval"))
-    LABELS[f"noval_mixed_nh_swa_s{_s}"] = f"{LABELS[f'noval_mixed_nh_s{_s}']}, SWA over the last 10 epochs"
 # Phase 2 with the backbone's BatchNorm statistics frozen (TrainConfig.phase2_frozen_batchnorm): HuSHeM's phase 2 runs
 # batches of 16 mixed-up crops, whose statistics are noisy; the SMIDS starts already hold sperm-image statistics.
 for _key in ("lite1_cbam_smidsnh_noval", "effnet_cbam_smids_noval", "lite1_cbam_noval"):
     _seed_variant(_hushem_variant(_key, "fbn", dict(phase2_frozen_batchnorm=True), "BatchNorm statistics frozen"), 1)
+# ... and the shipped mix's recipe with each change on all three members, seeds 0 and 1 each.
+for _tag, _label in (("swa", "SWA over the last 10 epochs"), ("fbn", "BatchNorm statistics frozen")):
+    for _s in (0, 1):
+        _sfx = "" if _s == 0 else f"_s{_s}"
+        ENSEMBLES[f"noval_mixed_nh_{_tag}_s{_s}"] = tuple(
+            f"{k}_{_tag}{_sfx}" for k in ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval"))
+        LABELS[f"noval_mixed_nh_{_tag}_s{_s}"] = f"{LABELS[f'noval_mixed_nh_s{_s}']}, {_label}"
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
 LABELS["lite1_cbam_ens2"] = f"{LABELS['lite1_cbam']}, 2 seeds averaged"

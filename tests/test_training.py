@@ -144,6 +144,9 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_with_fresh_batchnorm
     assert stats and any(not torch.equal(final[k], snapshots[-1][k]) for k in stats)
     with pytest.raises(ValueError, match="without validation"):
         train_classifier(x, y, TrainConfig(spec=spec, pretrained=False, phase2_epochs=6, swa_epochs=3))
+    with pytest.raises(ValueError, match="BatchNorm"):
+        train_classifier(x, y, TrainConfig(spec=spec, pretrained=False, phase2_epochs=6, swa_epochs=3,
+                                           val_fraction=0.0, phase2_frozen_batchnorm=True))
 
 
 def test_phase2_can_keep_the_backbone_batchnorm_statistics(data):

@@ -171,6 +171,8 @@ def iter_training(
         raise ValueError("weight averaging (swa_epochs > 0) keeps no best epoch: train without validation")
     if not 0 <= config.swa_epochs < max(config.phase2_epochs, 1):
         raise ValueError(f"swa_epochs must be in [0, phase2_epochs), got {config.swa_epochs}")
+    if config.swa_epochs > 0 and config.phase2_frozen_batchnorm:
+        raise ValueError("weight averaging recomputes the BatchNorm statistics that phase2_frozen_batchnorm keeps")
     k = spec.num_classes
     if int(y.max()) >= k:
         raise ValueError(f"labels go up to {int(y.max())} but the model has {k} classes")
@@ -346,7 +348,7 @@ def _phase2(model, x, y, cfg: TrainConfig, device, gen, from_scratch: bool):
     use_amp = device.type == "cuda"
 
     def run(epochs: int):
-        swa = min(cfg.swa_epochs, epochs - 1)
+        swa = cfg.swa_epochs  # below epochs (checked by iter_training)
         if swa:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_to((epochs - swa) * nb, cfg.swa_lr_scale))
         else:
