@@ -194,9 +194,6 @@ LABELS["noval_mixed_nh_l0nh_s0"] = ("no validation hold-out, one member per star
 ENSEMBLES["noval_mixed_224s_s0"] = ("effnet_cbam_smids224_noval", "lite1_cbam_noval", "lite1_cbam_smids224_noval")
 LABELS["noval_mixed_224s_s0"] = ("no validation hold-out, one member per start (Lite0 from a 224 px SMIDS Lite0, "
                                  "Lite1, Lite1 from a 224 px SMIDS Lite1), seed 0 each")
-# Stochastic weight averaging (TrainConfig.swa_epochs): the shipped mix's three members with phase 2's last 10 of 40
-# epochs at 0.2x the learning rates and their end-of-epoch weights averaged. The draws above differ by up to 4.5 points
-# between seeds; does averaging weights along the run make a member (and the mix) both better and steadier?
 def _hushem_variant(key: str, suffix: str, overrides: dict, label: str) -> str:
     """Register row "<key>_<suffix>": row ``key`` (model, start, HuSHeM recipe) with ``overrides`` on its recipe."""
     k = f"{key}_{suffix}"
@@ -208,19 +205,20 @@ def _hushem_variant(key: str, suffix: str, overrides: dict, label: str) -> str:
     return k
 
 
-for _key in ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval"):
-    _seed_variant(_hushem_variant(_key, "swa", dict(swa_epochs=10, swa_lr_scale=0.2), "SWA over the last 10 epochs"),
-                  1)
-# Phase 2 with the backbone's BatchNorm statistics frozen (TrainConfig.phase2_frozen_batchnorm): HuSHeM's phase 2 runs
-# batches of 16 mixed-up crops, whose statistics are noisy; the SMIDS starts already hold sperm-image statistics.
-for _key in ("lite1_cbam_smidsnh_noval", "effnet_cbam_smids_noval", "lite1_cbam_noval"):
-    _seed_variant(_hushem_variant(_key, "fbn", dict(phase2_frozen_batchnorm=True), "BatchNorm statistics frozen"), 1)
-# ... and the shipped mix's recipe with each change on all three members, seeds 0 and 1 each.
-for _tag, _label in (("swa", "SWA over the last 10 epochs"), ("fbn", "BatchNorm statistics frozen")):
+# Two training changes on the shipped mix's three members (seeds 0 and 1), and the mixes they make. The draws above
+# differ by up to 4.5 points between seeds:
+# - "swa", stochastic weight averaging (TrainConfig.swa_epochs): phase 2's last 10 of 40 epochs at 0.2x the learning
+#   rates, their end-of-epoch weights averaged. Does it make a member (and the mix) better and steadier?
+# - "fbn", the backbone's BatchNorm statistics frozen in phase 2 (TrainConfig.phase2_frozen_batchnorm): phase 2 runs
+#   batches of 16 mixed-up crops, whose statistics are noisy; the SMIDS starts already hold sperm-image statistics.
+_VARIANTS = {"swa": (dict(swa_epochs=10, swa_lr_scale=0.2), "SWA over the last 10 epochs"),
+             "fbn": (dict(phase2_frozen_batchnorm=True), "BatchNorm statistics frozen")}
+for _tag, (_overrides, _label) in _VARIANTS.items():
+    for _key in ENSEMBLES["noval_mixed_nh_s0"]:
+        _seed_variant(_hushem_variant(_key, _tag, _overrides, _label), 1)
     for _s in (0, 1):
         _sfx = "" if _s == 0 else f"_s{_s}"
-        ENSEMBLES[f"noval_mixed_nh_{_tag}_s{_s}"] = tuple(
-            f"{k}_{_tag}{_sfx}" for k in ("effnet_cbam_smids_noval", "lite1_cbam_noval", "lite1_cbam_smidsnh_noval"))
+        ENSEMBLES[f"noval_mixed_nh_{_tag}_s{_s}"] = tuple(f"{k}_{_tag}{_sfx}" for k in ENSEMBLES["noval_mixed_nh_s0"])
         LABELS[f"noval_mixed_nh_{_tag}_s{_s}"] = f"{LABELS[f'noval_mixed_nh_s{_s}']}, {_label}"
 # SMIDS folds take ~12 minutes each here, so the SMIDS model got one extra seed: a two-seed average.
 ENSEMBLES["lite1_cbam_ens2"] = ("lite1_cbam", "lite1_cbam_s1")
