@@ -296,8 +296,14 @@ def load_dataset(root: Path, name: str):
     return ds, folds
 
 
+def tta_key(cache: Path) -> str:
+    """The TTA variant a cache holds: x4 (the flips and 180 degrees that keep an aligned head's axis), or x2 for
+    oriented crops (``--orient``: identity and the top-bottom mirror, the views that keep the head's back right)."""
+    return "tta2" if cache.name.endswith("_or") else "tta4"
+
+
 def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, size: int, seed: int,
-             device: str = "auto") -> dict:
+             device: str = "auto", orient: bool = False) -> dict:
     from napari_spermmorph.core.evaluation import classification_metrics
     from napari_spermmorph.core.inference import predict_logits, resolve_device
     from napari_spermmorph.core.models import ModelSpec
@@ -307,6 +313,7 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
     cfg = TrainConfig(spec=spec, **train_kwargs(model_key, ds_name, seed), device=device)
     if model_key == "simplecnn":
         cfg.phase2_epochs, cfg.patience = scratch_epochs(ds_name)
+    cfg.augment.keep_polarity = orient
     tr = np.flatnonzero(folds != fold)
     te = np.flatnonzero(folds == fold)
     model = start_model(model_key, class_names, size, cfg.seed)
@@ -316,13 +323,13 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
     dev = resolve_device(device)
     out = {"fold": fold, "model": model_key, "n_train": len(tr), "n_test": len(te), "train_seconds": train_s,
            "best": res.best, "epochs_run": len(res.history), "labels": y[te].tolist(), "device": device_name(dev)}
-    for tta in (1, 4):
+    for tta in (1, 2 if orient else 4):
         t1 = time.perf_counter()
         probs = predict_logits(res.model, x[te], dev, batch_size=64, tta=tta)
         m = classification_metrics(y[te], probs.argmax(1).numpy(), class_names)
         m["eval_seconds"] = time.perf_counter() - t1
         m["probs"] = np.round(probs.numpy(), 5).tolist()  # per test image, in fold order: for seed ensembles
-        out["plain" if tta == 1 else "tta4"] = m
+        out["plain" if tta == 1 else f"tta{tta}"] = m
     return out
 
 
@@ -366,7 +373,7 @@ def _ensemble_runs(cache: Path, members: tuple[str, ...], class_names) -> list[d
         if not all("labels" in r for r in parts):
             continue
         run = {"fold": fold, "train_seconds": sum(r["train_seconds"] for r in parts)}
-        for var in ("plain", "tta4"):
+        for var in ("plain", tta_key(cache)):
             probs = np.mean([np.asarray(r[var]["probs"]) for r in parts], axis=0)
             run[var] = classification_metrics(np.asarray(parts[0]["labels"]), probs.argmax(1), class_names)
         runs.append(run)
@@ -401,12 +408,12 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
                 else [json.loads(p.read_text()) for p in sorted(cache.glob(f"{key}_fold*.json"))])
         if not runs:
             continue
-        variants = ["plain", "tta4"] if key != "simplecnn" else ["plain"]
+        variants = ["plain", tta_key(cache)] if key != "simplecnn" else ["plain"]
         for var in variants:
             accs = [r[var]["accuracy"] for r in runs]
             f1s = [r[var]["macro_f1"] for r in runs]
             (am, asd), (fm, fsd) = mean_std(accs), mean_std(f1s)
-            label = LABELS[key] + (" + TTA x4" if var == "tta4" else "")
+            label = LABELS[key] + (f" + TTA x{var[3:]}" if var.startswith("tta") else "")
             cm = np.sum([_in_order(r[var], class_names) for r in runs], axis=0).tolist()
             payload["models"][f"{key}/{var}"] = {
                 "label": label, "folds": len(runs), "accuracy_mean": am, "accuracy_sd": asd, "macro_f1_mean": fm,
@@ -429,9 +436,12 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
     pa, pf = PAPER[ds_name]
     payload["class_names"] = list(class_names)
     rows.append(["paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
-    hf_arg = f" --head-fraction {head_fraction:g}" if cache.name.endswith(f"_hf{head_fraction:g}") else ""
+    hf_arg = f" --head-fraction {head_fraction:g}" if f"_hf{head_fraction:g}" in cache.name else ""
+    hf_arg += " --orient" if cache.name.endswith("_or") else ""
     payload["head_fraction"] = head_fraction
-    md = (f"### {ds_name.upper()}, {size} px, head {head_fraction:g} of the crop, 5-fold CV (mean ± SD over folds)\n\n"
+    oriented = ", oriented (head's back right)" if cache.name.endswith("_or") else ""
+    md = (f"### {ds_name.upper()}, {size} px, head {head_fraction:g} of the crop{oriented}, 5-fold CV "
+          "(mean ± SD over folds)\n\n"
           + md_table(["model", "folds", "accuracy %", "macro-F1", "train min/fold"], rows)
           + f"\n\nClasses: {', '.join(class_names)}. Machine: {payload['machine']}.\n"
           + devices
@@ -454,6 +464,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--head-fraction", type=float, default=None,
                     help="head length / crop side (default: the package's); results go to their own cache and table")
+    ap.add_argument("--orient", action="store_true",
+                    help="crops turned end for end so the head's back is right (crops.head_polarity), training "
+                         "without left-right flips, TTA x2; results go to their own cache and table")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda: training and evaluation")
     ap.add_argument("--aggregate-only", action="store_true")
     args = ap.parse_args(argv)
@@ -467,12 +480,13 @@ def main(argv=None) -> int:
 
     ds, folds = load_dataset(root, args.dataset)
     hf = DEFAULT_HEAD_FRACTION if args.head_fraction is None else args.head_fraction
-    tag = f"{args.dataset}_{args.size}" + ("" if hf == DEFAULT_HEAD_FRACTION else f"_hf{hf:g}")
+    tag = (f"{args.dataset}_{args.size}" + ("" if hf == DEFAULT_HEAD_FRACTION else f"_hf{hf:g}")
+           + ("_or" if args.orient else ""))
     cache = RESULTS / "classifier_folds" / tag
     cache.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:
         t0 = time.perf_counter()
-        crops, found = normalise_crops(ds.load_images(), args.size, hf, align=True)
+        crops, found = normalise_crops(ds.load_images(), args.size, hf, align=True, orient=args.orient)
         print(f"head found and aligned in {found.mean():.1%} of crops", flush=True)
         x = crops_to_tensor(crops.images, args.size)
         y = ds.labels
@@ -483,12 +497,12 @@ def main(argv=None) -> int:
                 if out_path.exists():
                     continue
                 res = run_fold(x, y, folds, fold, key, args.dataset, ds.class_names, args.size, args.seed,
-                               args.device)
+                               args.device, args.orient)
                 tmp = out_path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(res, indent=1))
                 tmp.replace(out_path)
                 print(f"{key} fold {fold}: acc {res['plain']['accuracy']:.3f} f1 {res['plain']['macro_f1']:.3f}"
-                      f" tta {res['tta4']['accuracy']:.3f} ({res['train_seconds']:.0f}s)", flush=True)
+                      f" tta {res[tta_key(cache)]['accuracy']:.3f} ({res['train_seconds']:.0f}s)", flush=True)
                 aggregate(args.dataset, args.size, cache, ds.class_names, hf)
     aggregate(args.dataset, args.size, cache, ds.class_names, hf)
     return 0

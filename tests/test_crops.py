@@ -101,3 +101,52 @@ def test_synthetic_crops_are_seeded_and_class_shaped():
     r_norm = np.median([ratio(x) for x, y in zip(a, ya) if y == 0])
     r_tap = np.median([ratio(x) for x, y in zip(a, ya) if y == 1])
     assert r_tap > r_norm + 0.4
+
+
+def _head_with_tail(angle_deg: float, tail: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A field with one head (pale acrosome at the front, dark nucleus behind) whose back points along
+    ``angle_deg`` (counter-clockwise as displayed); returns (image, labels, a tail point (y, x))."""
+    from skimage.draw import ellipse, line
+
+    img = np.full((160, 160, 3), 225, np.uint8)
+    lab = np.zeros((160, 160), np.int32)
+    a = np.radians(angle_deg)
+    back = np.array([-np.sin(a), np.cos(a)])  # (dy, dx) towards the back
+    cy, cx = 80.0, 80.0
+    rr, cc = ellipse(cy, cx, 9, 15, shape=lab.shape, rotation=a)  # skimage: rotation CCW in (row, col)
+    lab[rr, cc] = 1
+    along = (rr - cy) * back[0] + (cc - cx) * back[1]
+    img[rr, cc] = np.where((along > 0)[:, None], [70, 10, 180], [150, 105, 215])
+    end = np.array([cy, cx]) + back * 60
+    if tail:
+        start = np.array([cy, cx]) + back * 16
+        lr, lc = line(*np.round(start).astype(int), *np.round(end).astype(int))
+        img[lr, lc] = [120, 100, 190]
+    return img, lab, end
+
+
+@pytest.mark.parametrize("angle", [0.0, 37.0, 145.0, 180.0, 250.0, 300.0])
+@pytest.mark.parametrize("tail", [True, False])
+def test_oriented_crops_put_the_heads_back_on_the_right(angle, tail):
+    img, lab, tail_pt = _head_with_tail(angle, tail)
+    hc = extract_head_crops(img, lab, crop_size=64, orient=True)
+    r, c = hc.transforms[0].field_to_crop(tail_pt)
+    assert c > 63 / 2 and abs(r - 63 / 2) < 3  # the back (tail end) lies to the right, on the axis
+    half = 64 // 2
+    crop_stain = 1 - hc.images[0].min(-1)
+    assert crop_stain[24:40, half:half + 14].mean() > crop_stain[24:40, half - 14:half].mean()  # dark nucleus right
+
+
+def test_orienting_only_turns_a_crop_by_180_degrees(field):
+    plain = extract_head_crops(field.image, field.labels, crop_size=48)
+    turned = extract_head_crops(field.image, field.labels, crop_size=48, orient=True)
+    n_turned = 0
+    for p, t, tp, tt in zip(plain.images, turned.images, plain.transforms, turned.transforms):
+        same = np.array_equal(p, t)
+        assert same or np.allclose(p[::-1, ::-1], t, atol=1e-6)
+        assert np.isclose((tt.angle_deg - tp.angle_deg) % 360, 0 if same else 180)
+        n_turned += not same
+        assert np.array_equal(_head_map_in_crop(tt, field.labels) > 0,
+                              (_head_map_in_crop(tp, field.labels) > 0)[::-1, ::-1] if not same
+                              else _head_map_in_crop(tp, field.labels) > 0)
+    assert 0 < n_turned < len(plain)  # random directions in the field: some heads needed turning, some not

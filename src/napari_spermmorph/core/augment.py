@@ -19,6 +19,9 @@ class AugmentConfig:
     # rotation covers alignment error; use 180 (full rotations) for crops that are not aligned.
     rotation_deg: float = 20.0
     flips: bool = True
+    # Crops oriented end for end (crops.extract_head_crops(orient=True)) keep their back on the right: only the
+    # mirror across the major axis (top-bottom) is then a flip the model should see.
+    keep_polarity: bool = False
     scale: tuple[float, float] = (0.9, 1.1)  # small: absolute head size is diagnostic
     translate: float = 0.05  # fraction of the crop
     brightness: float = 0.2
@@ -43,6 +46,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
     if cfg.flips:
         fx = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
         fy = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+        if cfg.keep_polarity:
+            fx = torch.ones(n)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = cos * fx, -sin * fy

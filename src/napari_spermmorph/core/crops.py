@@ -1,7 +1,8 @@
 """Head crops for the classifier and the inverse warp of per-crop maps back into the field.
 
 Each crop is a similarity transform of the field: centred on the head, optionally rotated so the
-head's major axis is horizontal, and scaled so the head length is ``head_fraction`` of the crop
+head's major axis is horizontal, optionally turned end for end so the head's back (tail side, darker
+post-acrosomal half) is on the right, and scaled so the head length is ``head_fraction`` of the crop
 side (the same head-to-crop ratio as the model's training crops).  Pixels outside the field are
 filled by reflection, so crops near the border show no black wedges.
 """
@@ -9,7 +10,7 @@ filled by reflection, so crops near the border show no black wedges.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -22,6 +23,7 @@ DEFAULT_HEAD_FRACTION = 0.5
 
 __all__ = [
     "CropTransform", "HeadCrops", "extract_head_crops", "paste_to_field", "estimate_head_fraction", "normalise_crops",
+    "head_polarity",
 ]
 
 
@@ -96,8 +98,13 @@ def extract_head_crops(
     crop_size: int = 128,
     head_fraction: float = DEFAULT_HEAD_FRACTION,
     align: bool = True,
+    orient: bool = False,
 ) -> HeadCrops:
-    """Crop every labelled head: centred, rotated (``align``) and scaled so length = head_fraction * S."""
+    """Crop every labelled head: centred, rotated (``align``) and scaled so length = head_fraction * S.
+
+    ``orient`` (with ``align``) turns a crop by 180 degrees when ``head_polarity`` finds the head's back on the
+    left, so every head points the same way and a model need not learn both.
+    """
     rgb = as_float_rgb(image)
     lab = np.asarray(labels)
     if lab.shape != rgb.shape[:2]:
@@ -117,6 +124,9 @@ def extract_head_crops(
         crop = np.stack(
             [ndi.map_coordinates(rgb[..., c], coords, order=1, mode="mirror") for c in range(3)], axis=-1
         )
+        if align and orient and head_polarity(crop) < 0:
+            crop = np.ascontiguousarray(crop[::-1, ::-1])  # = the transform turned by 180 degrees
+            tf = replace(tf, angle_deg=tf.angle_deg + 180.0)
         images.append(np.clip(crop, 0, 1).astype(np.float32))
         ids.append(i)
         tfs.append(tf)
@@ -194,6 +204,35 @@ def _central_object_mask(crop: np.ndarray) -> np.ndarray | None:
     return (lab == best) if best else None
 
 
+def head_polarity(crop: np.ndarray, tail_margin: float = 0.2) -> int:
+    """Which end of an aligned head (major axis horizontal) is its back: +1 right, -1 left, 0 undecided.
+
+    The tail leaves from the back: stained pixels beyond each end of the head, in a band along the axis, are
+    counted, and a clear majority (relative difference above ``tail_margin``) decides. Otherwise the darker half
+    of the head decides: the acrosome at the front takes up less stain than the nucleus behind it.
+    """
+    from skimage.filters import threshold_otsu
+
+    head = _central_object_mask(crop)
+    if head is None:
+        return 0
+    st = stain_channel(crop)
+    side = st.shape[1]
+    mid = (st.shape[0] - 1) / 2
+    cols = np.flatnonzero(head.any(axis=0))
+    c0, c1 = int(cols[0]), int(cols[-1])
+    beyond = (st > threshold_otsu(st)) & ~ndi.binary_dilation(head, iterations=2)
+    band = beyond[int(mid - 0.1 * side): int(mid + 0.1 * side) + 1]
+    reach = int(0.2 * side)
+    left, right = float(band[:, max(0, c0 - reach):c0].sum()), float(band[:, c1 + 1:c1 + 1 + reach].sum())
+    if abs(right - left) > tail_margin * max(1.0, right + left):
+        return 1 if right > left else -1
+    half = np.arange(side)[None, :] >= (c0 + c1) / 2
+    darker_right = float(st[head & half].mean() - st[head & ~half].mean()) if (head & half).any() and (
+        head & ~half).any() else 0.0
+    return int(np.sign(darker_right))
+
+
 def _central_object_length(crop: np.ndarray) -> float | None:
     """Major-axis length (px) of the dark object nearest the crop centre, tails removed."""
     mask = _central_object_mask(crop)
@@ -201,7 +240,7 @@ def _central_object_length(crop: np.ndarray) -> float | None:
 
 
 def normalise_crops(
-    crops, crop_size: int, head_fraction: float, align: bool = True, find_head: bool = True
+    crops, crop_size: int, head_fraction: float, align: bool = True, find_head: bool = True, orient: bool = False
 ) -> tuple[HeadCrops, np.ndarray]:
     """Give ready-made crops (HuSHeM/SMIDS style, any size) the geometry of field crops.
 
@@ -221,7 +260,7 @@ def normalise_crops(
         crop = np.asarray(crop)
         mask = _central_object_mask(crop) if find_head else None
         if mask is not None:
-            got = extract_head_crops(crop, mask.astype(np.int32), s, head_fraction, align)
+            got = extract_head_crops(crop, mask.astype(np.int32), s, head_fraction, align, orient)
             out[k], found[k] = got.images[0], True
             tfs.append(got.transforms[0])
             continue
