@@ -230,6 +230,11 @@ LABELS["lite1_cbam_nohold_ens2"] = f"{LABELS['lite1_cbam_nohold']}, 2 seeds aver
 # not): does another backbone add what a third seed would?
 ENSEMBLES["nohold_mixed_ens3"] = ("lite1_cbam_nohold", "lite1_cbam_nohold_s1", "effnet_cbam_nohold")
 LABELS["nohold_mixed_ens3"] = f"{LABELS['lite1_cbam_nohold']}, 2 seeds, + Lite0 + CBAM (same recipe), averaged"
+# SMIDS phase 2 runs 8 epochs (dataset_config) and keeps the final weights: is that short of a plateau? The shipped
+# mix's first member with phase 2 doubled.
+MODELS["lite1_cbam_nohold_p2x2"] = MODELS["lite1_cbam_nohold"]
+TRAIN_OVERRIDES["lite1_cbam_nohold_p2x2"] = {"smids": {"val_fraction": 0.0, "phase2_epochs": 16}}
+LABELS["lite1_cbam_nohold_p2x2"] = f"{LABELS['lite1_cbam_nohold']}, phase 2 x2"
 # The same with the Lite0 member trained with MixUp and label smoothing: does a member trained otherwise add more?
 ENSEMBLES["nohold_mixed_mix_ens3"] = ("lite1_cbam_nohold", "lite1_cbam_nohold_s1", "effnet_cbam_nohold_mix")
 LABELS["nohold_mixed_mix_ens3"] = (f"{LABELS['lite1_cbam_nohold']}, 2 seeds, + Lite0 + CBAM with MixUp 0.2 and label "
@@ -322,7 +327,8 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
     train_s = time.perf_counter() - t0
     dev = resolve_device(device)
     out = {"fold": fold, "model": model_key, "n_train": len(tr), "n_test": len(te), "train_seconds": train_s,
-           "best": res.best, "epochs_run": len(res.history), "labels": y[te].tolist(), "device": device_name(dev)}
+           "best": res.best, "epochs_run": len(res.history), "labels": y[te].tolist(), "device": device_name(dev),
+           "machine": machine_description()}
     for tta in (1, 2 if orient else 4):
         t1 = time.perf_counter()
         probs = predict_logits(res.model, x[te], dev, batch_size=64, tta=tta)
@@ -340,18 +346,29 @@ def device_name(dev) -> str:
     return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else dev.type
 
 
-def device_note(trained_on: dict[str, list[str]], singles: list[str]) -> str:
-    """The table's line saying where its rows trained, when their folds recorded it (else the machine line says)."""
-    if not trained_on:
-        return ""
-    by_device: dict[str, list[str]] = {}
-    for label, devs in trained_on.items():
-        by_device.setdefault(", ".join(devs), []).append(label)
-    if len(by_device) == 1 and len(trained_on) == len(singles):
-        return f"Every row was trained and tested on {next(iter(by_device))}; the machine above aggregated the table.\n"
+# Folds cached before they recorded their machine: every table written while they ran names this CPU (git history
+# of benchmarks/results/classifier_*.md); their GPU folds recorded the device.
+_UNRECORDED_CPU = ("cpu=Intel(R) Xeon(R) Processor, cores=2 (named by the tables of the time; the folds predate "
+                   "the record)")
+
+
+def trained_where(run: dict) -> str:
+    """Where one cached fold trained: its GPU, else its machine line (CPU model, cores, versions)."""
+    device = run.get("device", "cpu")
+    if device != "cpu":
+        return device
+    return run.get("machine", _UNRECORDED_CPU)
+
+
+def device_note(trained_on: dict[str, list[str]]) -> str:
+    """The table's line saying where its rows (single networks; mixes are theirs) trained and were tested."""
+    by_place: dict[str, list[str]] = {}
+    for label, places in trained_on.items():
+        by_place.setdefault(" and ".join(places), []).append(label)
+    if len(by_place) == 1:
+        return f"Every row was trained and tested on {next(iter(by_place))}.\n"
     return ("Trained and tested on " + "; ".join(f"{d}: " + ", ".join(f'\"{x}\"' for x in labels)
-                                                 for d, labels in by_device.items())
-            + ". Other rows: the machine above.\n")
+                                                 for d, labels in by_place.items()) + ".\n")
 
 
 def _in_order(metrics: dict, class_names) -> np.ndarray:
@@ -400,8 +417,7 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
               "simplecnn_epochs_patience": scratch_epochs(ds_name)}
     recipe.pop("spec")
     rows = []
-    singles: list[str] = []  # rows of one network (not averages of rows)
-    trained_on: dict[str, list[str]] = {}  # row label -> devices its folds recorded (older folds recorded none)
+    trained_on: dict[str, list[str]] = {}  # row label -> where its folds trained (trained_where)
     payload = {"dataset": ds_name, "input_size": size, "machine": machine_description(), "recipe": recipe, "models": {}}
     for key in [*MODELS, *ENSEMBLES]:
         runs = (_ensemble_runs(cache, ENSEMBLES[key], class_names) if key in ENSEMBLES
@@ -423,13 +439,11 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
             rows.append([label, f"{len(runs)}/5", f"{am * 100:.1f} ± {asd * 100:.1f}", f"{fm:.3f} ± {fsd:.3f}",
                          f"{np.mean([r['train_seconds'] for r in runs]) / 60:.1f}"])
         if key not in ENSEMBLES:
-            singles.append(LABELS[key])
-            if devs := sorted({r["device"] for r in runs if "device" in r}):
-                trained_on[LABELS[key]] = devs
+            trained_on[LABELS[key]] = sorted({trained_where(r) for r in runs})
     checks = {k: v for k in ENSEMBLES if (v := validation_vs_test(cache, ENSEMBLES[k]))}
     payload["validation_vs_test"] = checks
     payload["trained_on"] = trained_on
-    devices = device_note(trained_on, singles)
+    devices = device_note(trained_on)
     notes = "".join(f"Validation split vs test fold, {c['runs']} runs of \"{LABELS[k]}\": chosen epoch's validation "
                     f"macro-F1 {c['val_macro_f1_mean']:.2f}, test accuracy {c['test_accuracy_mean']:.2f}, "
                     f"r = {c['pearson_r']:.2f}.\n" for k, c in checks.items())
@@ -443,7 +457,7 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
     md = (f"### {ds_name.upper()}, {size} px, head {head_fraction:g} of the crop{oriented}, 5-fold CV "
           "(mean ± SD over folds)\n\n"
           + md_table(["model", "folds", "accuracy %", "macro-F1", "train min/fold"], rows)
-          + f"\n\nClasses: {', '.join(class_names)}. Machine: {payload['machine']}.\n"
+          + f"\n\nClasses: {', '.join(class_names)}. Aggregated on: {payload['machine']}.\n"
           + devices
           + f"Recipe: phase 1 {recipe['phase1_epochs']} epochs (frozen, {recipe['cache_views']} cached views), phase 2 "
           + f"{recipe['phase2_epochs']} epochs, patience {recipe['patience']}, MixUp {recipe['mixup_alpha']}, label "
