@@ -450,11 +450,12 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
     pa, pf = PAPER[ds_name]
     payload["class_names"] = list(class_names)
     rows.append(["paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
+    oriented = cache.name.endswith("_or")
     hf_arg = f" --head-fraction {head_fraction:g}" if f"_hf{head_fraction:g}" in cache.name else ""
-    hf_arg += " --orient" if cache.name.endswith("_or") else ""
+    hf_arg += " --orient" if oriented else ""
     payload["head_fraction"] = head_fraction
-    oriented = ", oriented (head's back right)" if cache.name.endswith("_or") else ""
-    md = (f"### {ds_name.upper()}, {size} px, head {head_fraction:g} of the crop{oriented}, 5-fold CV "
+    turned = ", oriented (head's back right)" if oriented else ""
+    md = (f"### {ds_name.upper()}, {size} px, head {head_fraction:g} of the crop{turned}, 5-fold CV "
           "(mean ± SD over folds)\n\n"
           + md_table(["model", "folds", "accuracy %", "macro-F1", "train min/fold"], rows)
           + f"\n\nClasses: {', '.join(class_names)}. Aggregated on: {payload['machine']}.\n"

@@ -227,10 +227,11 @@ def head_polarity(crop: np.ndarray, tail_margin: float = 0.2) -> int:
     left, right = float(band[:, max(0, c0 - reach):c0].sum()), float(band[:, c1 + 1:c1 + 1 + reach].sum())
     if abs(right - left) > tail_margin * max(1.0, right + left):
         return 1 if right > left else -1
-    half = np.arange(side)[None, :] >= (c0 + c1) / 2
-    darker_right = float(st[head & half].mean() - st[head & ~half].mean()) if (head & half).any() and (
-        head & ~half).any() else 0.0
-    return int(np.sign(darker_right))
+    right_half = head & (np.arange(side)[None, :] >= (c0 + c1) / 2)
+    left_half = head & ~right_half
+    if not (right_half.any() and left_half.any()):
+        return 0
+    return int(np.sign(st[right_half].mean() - st[left_half].mean()))
 
 
 def _central_object_length(crop: np.ndarray) -> float | None:
