@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -211,8 +212,11 @@ def _hushem_variant(key: str, suffix: str, overrides: dict, label: str) -> str:
 #   rates, their end-of-epoch weights averaged. Does it make a member (and the mix) better and steadier?
 # - "fbn", the backbone's BatchNorm statistics frozen in phase 2 (TrainConfig.phase2_frozen_batchnorm): phase 2 runs
 #   batches of 16 mixed-up crops, whose statistics are noisy; the SMIDS starts already hold sperm-image statistics.
+# - "rot", rotations over the full circle in training (the paper's augmentation) instead of +-20 degrees around the
+#   aligned axis: do members that see every orientation differ more, or learn more, than the aligned ones?
 _VARIANTS = {"swa": (dict(swa_epochs=10, swa_lr_scale=0.2), "SWA over the last 10 epochs"),
-             "fbn": (dict(phase2_frozen_batchnorm=True), "BatchNorm statistics frozen")}
+             "fbn": (dict(phase2_frozen_batchnorm=True), "BatchNorm statistics frozen"),
+             "rot": (dict(augment=dict(rotation_deg=180.0)), "full rotations in training")}
 for _tag, (_overrides, _label) in _VARIANTS.items():
     for _key in ENSEMBLES["noval_mixed_nh_s0"]:
         _seed_variant(_hushem_variant(_key, _tag, _overrides, _label), 1)
@@ -256,7 +260,12 @@ def dataset_config(name: str) -> dict:
 
 def train_kwargs(model_key: str, ds_name: str, seed: int = 0) -> dict:
     """TrainConfig arguments (all but the spec) of a benchmark row: dataset recipe, then the variant's changes."""
-    return {"seed": seed, **dataset_config(ds_name), **TRAIN_OVERRIDES.get(model_key, {}).get(ds_name, {})}
+    kwargs = {"seed": seed, **dataset_config(ds_name), **TRAIN_OVERRIDES.get(model_key, {}).get(ds_name, {})}
+    if "augment" in kwargs:  # a row's AugmentConfig fields (a dict here, so that this module imports no torch)
+        from napari_spermmorph.core.augment import AugmentConfig
+
+        kwargs["augment"] = AugmentConfig(**kwargs["augment"])
+    return kwargs
 
 
 def start_model(model_key: str, class_names, size: int, seed: int = 0):
@@ -316,9 +325,10 @@ def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, 
 
     spec = ModelSpec(num_classes=len(class_names), input_size=size, **MODELS[model_key])
     cfg = TrainConfig(spec=spec, **train_kwargs(model_key, ds_name, seed), device=device)
+    if orient:
+        cfg.augment = replace(cfg.augment, keep_polarity=True)
     if model_key == "simplecnn":
         cfg.phase2_epochs, cfg.patience = scratch_epochs(ds_name)
-    cfg.augment.keep_polarity = orient
     tr = np.flatnonzero(folds != fold)
     te = np.flatnonzero(folds == fold)
     model = start_model(model_key, class_names, size, cfg.seed)
