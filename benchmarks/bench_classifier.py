@@ -310,10 +310,17 @@ def load_dataset(root: Path, name: str):
     return ds, folds
 
 
+ORIENTED_SUFFIX = "_or"  # cache (and table) name of --orient runs
+
+
+def is_oriented(cache: Path) -> bool:
+    return cache.name.endswith(ORIENTED_SUFFIX)
+
+
 def tta_key(cache: Path) -> str:
     """The TTA variant a cache holds: x4 (the flips and 180 degrees that keep an aligned head's axis), or x2 for
     oriented crops (``--orient``: identity and the top-bottom mirror, the views that keep the head's back right)."""
-    return "tta2" if cache.name.endswith("_or") else "tta4"
+    return "tta2" if is_oriented(cache) else "tta4"
 
 
 def run_fold(x, y, folds, fold: int, model_key: str, ds_name: str, class_names, size: int, seed: int,
@@ -460,7 +467,7 @@ def aggregate(ds_name: str, size: int, cache: Path, class_names, head_fraction: 
     pa, pf = PAPER[ds_name]
     payload["class_names"] = list(class_names)
     rows.append(["paper (B0 + CBAM, one 15% hold-out)", "-", f"{pa * 100:.1f}", f"{pf:.3f}", "-"])
-    oriented = cache.name.endswith("_or")
+    oriented = is_oriented(cache)
     hf_arg = f" --head-fraction {head_fraction:g}" if f"_hf{head_fraction:g}" in cache.name else ""
     hf_arg += " --orient" if oriented else ""
     payload["head_fraction"] = head_fraction
@@ -506,7 +513,7 @@ def main(argv=None) -> int:
     ds, folds = load_dataset(root, args.dataset)
     hf = DEFAULT_HEAD_FRACTION if args.head_fraction is None else args.head_fraction
     tag = (f"{args.dataset}_{args.size}" + ("" if hf == DEFAULT_HEAD_FRACTION else f"_hf{hf:g}")
-           + ("_or" if args.orient else ""))
+           + (ORIENTED_SUFFIX if args.orient else ""))
     cache = RESULTS / "classifier_folds" / tag
     cache.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:
